@@ -1,0 +1,446 @@
+"""``facesearch`` command line.
+
+This module is re-imported by the spawned model workers (as the parent's ``__main__``), so it
+imports neither the store (libpq) nor the model runtime at top level: each command imports what
+it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from . import __version__
+from .config import Settings
+from .errors import FacesearchError, NoFace
+
+if TYPE_CHECKING:
+    from .inference import ModelPool
+    from .models.base import Analysis, Face
+    from .store import Gallery
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+# -- shared plumbing -----------------------------------------------------------------------------
+
+class Context:
+    """What every command needs: settings, and lazily the model pool and the gallery."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @contextmanager
+    def pool(self) -> Iterator[ModelPool]:
+        from .inference import ModelPool, ModelSpec
+
+        s = self.settings
+        spec = ModelSpec(model=s.model, detector=s.detector, runtime=s.runtime,
+                         cache_dir=str(s.cache_dir))
+        with ModelPool(spec, workers=s.workers) as pool:
+            yield pool
+
+    @contextmanager
+    def gallery(self) -> Iterator[Gallery]:
+        from .store import open_gallery
+
+        with open_gallery(self.settings) as gallery:
+            yield gallery
+
+    def analyze(self, pool: ModelPool, path: Path, *, embed: bool = True) -> Future[Analysis]:
+        s = self.settings
+        return pool.submit(path.read_bytes(), max_pixels=s.max_pixels, max_faces=s.max_faces,
+                           embed=embed)
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def face_json(face: Face) -> dict[str, Any]:
+    return face.as_dict()
+
+
+class FacesearchGroup(click.Group):
+    """Turns our errors into a clear message on stderr and exit code 1 (click keeps 2 for usage)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FacesearchError as exc:
+            click.secho(f"error: {exc.message}", err=True, fg="red")
+            ctx.exit(1)
+        except OSError as exc:
+            click.secho(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                        err=True, fg="red")
+            ctx.exit(1)
+
+
+@click.group(cls=FacesearchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="facesearch")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path),
+              help="Data directory (env FACESEARCH_HOME; default: the user data directory).")
+@click.option("--database-url", metavar="URL",
+              help="External PostgreSQL with pgvector (env FACESEARCH_DATABASE_URL); "
+                   "unset: facesearch's embedded PostgreSQL in the data directory.")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Model worker processes (env FACESEARCH_WORKERS; default: CPU count).")
+@click.option("--detector", type=click.Choice(["hog", "cnn"]),
+              help="Face detector (env FACESEARCH_DETECTOR; default hog).")
+@click.option("--runtime", type=click.Choice(["dlib", "onnx"]),
+              help="Where the embedding network runs (env FACESEARCH_RUNTIME).")
+@click.pass_context
+def cli(ctx: click.Context, **options: Any) -> None:
+    """Face recognition against per-domain galleries on PostgreSQL + pgvector."""
+    ctx.obj = Context(Settings.from_env(**options))
+
+
+def main() -> None:
+    cli(prog_name="facesearch")
+
+
+# -- enroll --------------------------------------------------------------------------------------
+
+@dataclass
+class EnrollReport:
+    photos: int = 0
+    enrolled: int = 0
+    already_enrolled: int = 0
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[str] = field(default_factory=list)  # the largest face was enrolled
+    unreadable: list[str] = field(default_factory=list)
+    people: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"photos": self.photos, "enrolled": self.enrolled,
+                "already_enrolled": self.already_enrolled, "no_face": len(self.no_face),
+                "several_faces": len(self.several_faces), "unreadable": len(self.unreadable),
+                "people": len(self.people),
+                "details": {"no_face": self.no_face, "several_faces": self.several_faces,
+                            "unreadable": self.unreadable}}
+
+
+def collect_folder(root: Path) -> list[tuple[str, Path]]:
+    """DeepFace's db_path layout: ``root/<person>/<photo>`` (nested folders: the photo's parent).
+    Files directly in root (e.g. DeepFace's .pkl caches) and hidden files are ignored."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if (len(rel.parts) < 2 or any(p.startswith(".") for p in rel.parts)
+                or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES):
+            continue
+        found.append((path.parent.name, path))
+    return found
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--domain", "-d", required=True, help="Domain to enroll into (created if new).")
+@click.option("--person", "-p", help="Enroll the given photos as this person. Without it, PATHS "
+              "is one folder with a sub-folder of photos per person.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | None,
+           as_json: bool) -> None:
+    """Enroll photos of people into a domain. Re-running enrolls nothing twice."""
+    from tqdm import tqdm
+
+    from . import names
+    from .store import NewFace
+
+    names.domain_name(domain)
+    if person is not None:
+        person = names.person_name(person)
+        bad = [str(p) for p in paths if not p.is_file()]
+        if bad:
+            raise click.UsageError(f"with --person, give photo files, not folders: {bad[0]}")
+        items = [(person, p) for p in paths]
+    else:
+        if len(paths) != 1 or not paths[0].is_dir():
+            raise click.UsageError("give one folder (one sub-folder per person), "
+                                   "or photos with --person NAME")
+        items = collect_folder(paths[0])
+        if not items:
+            raise FacesearchError(f"no photos found in {paths[0]}: expected "
+                                  f"{paths[0]}/<person>/<photo>.jpg")
+        for name, _ in items:
+            names.person_name(name)
+
+    report = EnrollReport(photos=len(items))
+    model = obj.settings.model
+    with obj.gallery() as gallery, obj.pool() as pool:
+        dom = gallery.create_domain(domain, exist_ok=True)
+        people = {p.name: p.id for p in gallery.list_people(dom, limit=10**9)}
+        done = gallery.enrolled_hashes(dom, model)
+        pending: list[NewFace] = []
+        in_flight: dict[Future, tuple[str, Path, bytes]] = {}
+
+        def flush() -> None:
+            report.enrolled += gallery.add_faces(dom, model, pending)
+            pending.clear()
+
+        def collect(fut: Future, name: str, path: Path, sha: bytes) -> None:
+            try:
+                analysis = pool.result(fut)
+            except FacesearchError as exc:
+                report.unreadable.append(f"{path}: {exc.message}")
+                return
+            if not analysis.faces:
+                report.no_face.append(str(path))
+                return
+            if analysis.faces_found > 1:
+                report.several_faces.append(f"{path} ({analysis.faces_found} faces)")
+            face = analysis.faces[0]  # largest first
+            if name not in people:
+                people[name] = gallery.person_id(dom, name, create=True)
+            report.people.add(name)
+            b = face.box
+            pending.append(NewFace(people[name], face.embedding, (b.x, b.y, b.w, b.h),
+                                   face.score, sha))
+            if len(pending) >= 256:
+                flush()
+
+        with tqdm(total=len(items), desc=f"enrolling into {domain}", unit="photo",
+                  file=sys.stderr, disable=None) as bar:
+            for name, path in items:
+                data = path.read_bytes()
+                sha = hashlib.sha256(data).digest()
+                if name in people and (people[name], sha) in done:
+                    report.already_enrolled += 1
+                    report.people.add(name)
+                    bar.update()
+                    continue
+                fut = pool.submit(data, max_pixels=obj.settings.max_pixels,
+                                  max_faces=obj.settings.max_faces)
+                in_flight[fut] = (name, path, sha)
+                if len(in_flight) >= pool.workers * 4:
+                    first = next(iter(in_flight))
+                    collect(first, *in_flight.pop(first))
+                    bar.update()
+            for fut, args in in_flight.items():
+                collect(fut, *args)
+                bar.update()
+        flush()
+
+    # Faces dropped by ON CONFLICT were enrolled by a concurrent run: count them as such.
+    if as_json:
+        emit(report.as_dict())
+    else:
+        click.echo(f"domain {domain}: {report.photos} photos, {report.enrolled} faces enrolled, "
+                   f"{report.already_enrolled} already enrolled, {len(report.no_face)} without a "
+                   f"face, {len(report.several_faces)} with several faces (largest enrolled), "
+                   f"{len(report.unreadable)} unreadable; {len(report.people)} people")
+        for label, items_ in (("no face", report.no_face), ("several faces", report.several_faces),
+                              ("unreadable", report.unreadable)):
+            for line in items_[:10]:
+                click.echo(f"  {label}: {line}", err=True)
+            if len(items_) > 10:
+                click.echo(f"  {label}: ... and {len(items_) - 10} more", err=True)
+    if report.enrolled + report.already_enrolled == 0:
+        raise FacesearchError("nothing was enrolled: " + (
+            "no face was found" if report.no_face else "no photo could be read"))
+
+
+# -- recognize / verify / detect -----------------------------------------------------------------
+
+@cli.command()
+@click.argument("photo", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--domain", "-d", required=True)
+@click.option("--top-k", "-k", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Matches per face.")
+@click.option("--threshold", "-t", type=click.FloatRange(0, 2),
+              help="Cosine distance under which a face matches (default: calibrated).")
+@click.option("--max-faces", type=click.IntRange(1, 1000), help="Faces processed, largest first.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def recognize(obj: Context, photo: Path, domain: str, top_k: int, threshold: float | None,
+              max_faces: int | None, as_json: bool) -> None:
+    """Recognize every face in PHOTO against a domain's gallery."""
+    s = obj.settings
+    threshold = s.threshold if threshold is None else threshold
+    with obj.pool() as pool:
+        future = pool.submit(photo.read_bytes(), max_pixels=s.max_pixels,
+                             max_faces=max_faces or s.max_faces)
+        with obj.gallery() as gallery:  # opens while the model works
+            dom = gallery.get_domain(domain)
+            analysis = pool.result(future)
+            results = gallery.search(dom, s.model, [f.embedding for f in analysis.faces],
+                                     k=top_k, threshold=threshold)
+    faces = []
+    for face, matches in zip(analysis.faces, results, strict=True):
+        faces.append({**face_json(face), "matches": [
+            {"person": m.person, "person_id": m.person_id, "face_id": m.face_id,
+             "distance": round(m.distance, 5), "similarity": round(1 - m.distance, 5)}
+            for m in matches]})
+    if as_json:
+        emit({"faces": faces, "faces_found": analysis.faces_found, "model": s.model,
+              "domain": domain, "threshold": threshold, "top_k": top_k,
+              "image": {"width": analysis.width, "height": analysis.height},
+              "timings_ms": {k: round(v, 1) for k, v in analysis.timings_ms.items()}})
+        return
+    click.echo(f"{photo}: {analysis.faces_found} face(s); domain {domain}, model {s.model}, "
+               f"threshold {threshold}")
+    for i, f in enumerate(faces, 1):
+        b = f["box"]
+        best = (f"{f['matches'][0]['person']} (distance {f['matches'][0]['distance']:.3f})"
+                if f["matches"] else "unknown")
+        click.echo(f"  face {i} at x={b['x']} y={b['y']} w={b['w']} h={b['h']}: {best}")
+        for m in f["matches"][1:]:
+            click.echo(f"      also {m['person']} (distance {m['distance']:.3f})")
+
+
+@cli.command()
+@click.argument("photo_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("photo_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--threshold", "-t", type=click.FloatRange(0, 2))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def verify(obj: Context, photo_a: Path, photo_b: Path, threshold: float | None,
+           as_json: bool) -> None:
+    """Are the (largest) faces in two photos the same person?"""
+    threshold = obj.settings.threshold if threshold is None else threshold
+    with obj.pool() as pool:
+        futures = [obj.analyze(pool, p) for p in (photo_a, photo_b)]
+        analyses = [pool.result(f) for f in futures]
+    for path, analysis in zip((photo_a, photo_b), analyses, strict=True):
+        if not analysis.faces:
+            raise NoFace(f"no face found in {path}")
+    a, b = (an.faces[0] for an in analyses)
+    distance = float(1.0 - a.embedding @ b.embedding)
+    same = distance < threshold
+    if as_json:
+        emit({"same_person": same, "distance": round(distance, 5), "threshold": threshold,
+              "model": obj.settings.model,
+              "faces": [{"photo": str(p), "faces_found": an.faces_found, **face_json(an.faces[0])}
+                        for p, an in zip((photo_a, photo_b), analyses, strict=True)]})
+    else:
+        verdict = "same person" if same else "different people"
+        click.echo(f"{verdict} (distance {distance:.3f}, threshold {threshold})")
+
+
+@cli.command()
+@click.argument("photo", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def detect(obj: Context, photo: Path, as_json: bool) -> None:
+    """Find the faces in PHOTO: boxes, scores and 5 landmarks."""
+    with obj.pool() as pool:
+        analysis = pool.result(obj.analyze(pool, photo, embed=False))
+    if as_json:
+        emit({"faces": [face_json(f) for f in analysis.faces],
+              "faces_found": analysis.faces_found,
+              "image": {"width": analysis.width, "height": analysis.height}})
+        return
+    click.echo(f"{photo}: {analysis.faces_found} face(s)")
+    for i, f in enumerate(analysis.faces, 1):
+        b = f.box
+        click.echo(f"  face {i} at x={b.x} y={b.y} w={b.w} h={b.h} (score {f.score:.2f})")
+
+
+# -- people --------------------------------------------------------------------------------------
+
+@cli.group()
+def people() -> None:
+    """List, rename and delete the people of a domain."""
+
+
+@people.command("list")
+@click.option("--domain", "-d", required=True)
+@click.option("--search", "-s", help="Only names containing this text.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def people_list(obj: Context, domain: str, search: str | None, as_json: bool) -> None:
+    with obj.gallery() as gallery:
+        rows = gallery.list_people(gallery.get_domain(domain), search=search, limit=10**9)
+    if as_json:
+        emit([{"id": p.id, "name": p.name, "faces": p.faces, "metadata": p.metadata,
+               "created_at": p.created_at.isoformat()} for p in rows])
+        return
+    for p in rows:
+        click.echo(f"{p.name}\t{p.faces} face(s)")
+    click.echo(f"{len(rows)} people", err=True)
+
+
+@people.command("rename")
+@click.option("--domain", "-d", required=True)
+@click.argument("old")
+@click.argument("new")
+@click.pass_obj
+def people_rename(obj: Context, domain: str, old: str, new: str) -> None:
+    with obj.gallery() as gallery:
+        gallery.rename_person(gallery.get_domain(domain), old, new)
+    click.echo(f"renamed {old!r} to {new!r} in {domain}")
+
+
+@people.command("delete")
+@click.option("--domain", "-d", required=True)
+@click.argument("names_", metavar="NAME...", nargs=-1, required=True)
+@click.pass_obj
+def people_delete(obj: Context, domain: str, names_: tuple[str, ...]) -> None:
+    """Delete people and all their faces (the embeddings are removed from disk)."""
+    with obj.gallery() as gallery:
+        dom = gallery.get_domain(domain)
+        for name in names_:
+            gallery.person_id(dom, name)  # all exist, or delete none
+        for name in names_:
+            faces = gallery.delete_person(dom, name)
+            click.echo(f"deleted {name!r} and {faces} face(s) from {domain}")
+        gallery.purge(dom)
+
+
+# -- domains -------------------------------------------------------------------------------------
+
+@cli.group()
+def domains() -> None:
+    """List, create and delete domains (separate galleries, e.g. one per tenant)."""
+
+
+@domains.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def domains_list(obj: Context, as_json: bool) -> None:
+    with obj.gallery() as gallery:
+        rows = gallery.list_domains()
+    if as_json:
+        emit([{"name": d.name, "people": d.people, "faces": d.faces,
+               "created_at": d.created_at.isoformat()} for d in rows])
+        return
+    for d in rows:
+        click.echo(f"{d.name}\t{d.people} people\t{d.faces} faces")
+
+
+@domains.command("create")
+@click.argument("name")
+@click.pass_obj
+def domains_create(obj: Context, name: str) -> None:
+    with obj.gallery() as gallery:
+        gallery.create_domain(name)
+    click.echo(f"created domain {name}")
+
+
+@domains.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def domains_delete(obj: Context, name: str, yes: bool) -> None:
+    """Delete a domain with all its people and faces."""
+    with obj.gallery() as gallery:
+        gallery.get_domain(name)
+        if not yes and not click.confirm(f"Delete domain {name!r} with all its people and faces?"):
+            raise click.Abort()
+        info = gallery.delete_domain(name)
+    click.echo(f"deleted domain {name}: {info.people} people, {info.faces} faces")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Configuration from the environment; every setting has a matching CLI option."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import platformdirs
+
+# Calibrated on LFW folds 1-5 (docs/BENCHMARKS.md, "Default threshold"): cosine distance between
+# L2-normalized dlib ResNet embeddings. The seed's 0.30 was for ArcFace and does not carry over.
+DEFAULT_THRESHOLD = 0.07
+
+DEFAULT_MODEL = "dlib-resnet-v1"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, not {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything facesearch needs to know to run. Build with :meth:`from_env`."""
+
+    home: Path
+    database_url: str | None = None
+    model: str = DEFAULT_MODEL
+    detector: str = "hog"  # "hog" (fast, CPU) or "cnn" (dlib's MMOD CNN: slower, finds more)
+    runtime: str = "dlib"  # where the embedding network runs: "dlib" or "onnx"
+    threshold: float = DEFAULT_THRESHOLD
+    max_pixels: int = 40_000_000
+    max_faces: int = 50
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read ``FACESEARCH_*`` variables; keyword overrides (from CLI options) win when not None."""
+        home = os.environ.get("FACESEARCH_HOME") or platformdirs.user_data_dir("facesearch")
+        threshold = os.environ.get("FACESEARCH_THRESHOLD")
+        settings = cls(
+            home=Path(home),
+            database_url=os.environ.get("FACESEARCH_DATABASE_URL") or None,
+            model=os.environ.get("FACESEARCH_MODEL") or DEFAULT_MODEL,
+            detector=os.environ.get("FACESEARCH_DETECTOR") or "hog",
+            runtime=os.environ.get("FACESEARCH_RUNTIME") or "dlib",
+            threshold=float(threshold) if threshold else DEFAULT_THRESHOLD,
+            max_pixels=_env_int("FACESEARCH_MAX_PIXELS", 40_000_000),
+            max_faces=_env_int("FACESEARCH_MAX_FACES", 50),
+            workers=_env_int("FACESEARCH_WORKERS", os.cpu_count() or 1),
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "home" in given:
+            given["home"] = Path(str(given["home"]))
+        return replace(settings, **given)  # type: ignore[arg-type]
+
+    @property
+    def pgdata(self) -> Path:
+        """Where the embedded PostgreSQL keeps its files."""
+        return self.home / "pgdata"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived files that can be rebuilt (e.g. converted models)."""
+        return self.home / "cache"

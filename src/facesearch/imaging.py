@@ -1,0 +1,82 @@
+"""Turn uploaded bytes into an RGB pixel array, refusing anything that is not a sane photo.
+
+Pure Pillow + NumPy: safe to import in any process (no model runtime, no libpq).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageTooLarge, InvalidImage, UnsupportedImage
+
+# MPO is what many cameras write for JPEG with a depth/preview frame; it is read as its first frame.
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+# Pillow's own bomb check is a warning up to 2x its limit; we check the header size ourselves, so
+# silence it and keep its hard error as a second line of defence for sizes far beyond ours.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode ``data`` into a ``(height, width, 3)`` uint8 RGB array.
+
+    The format is detected from the bytes, never from a file name. EXIF orientation is applied;
+    grayscale, palette, CMYK, alpha and 16-bit images become 8-bit RGB; GIFs give their first frame.
+    Raises :class:`UnsupportedImage`, :class:`InvalidImage` or :class:`ImageTooLarge`.
+    """
+    if not data:
+        raise UnsupportedImage("the file is empty: send a JPEG, PNG, WebP, BMP, TIFF or GIF photo")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedImage(
+            "not a supported image: send a JPEG, PNG, WebP, BMP, TIFF or GIF photo"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image refused as a decompression bomb: {exc}") from None
+    except Exception as exc:  # Pillow raises many types for malformed headers
+        raise InvalidImage(f"the image header is corrupt ({exc})") from None
+
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage("the image has no pixels")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit "
+            f"of {max_pixels / 1e6:.0f}; resize it and try again"
+        )
+    try:
+        img.seek(0)  # first frame of animations
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return _to_rgb(img)
+    except OSError as exc:
+        raise InvalidImage(f"the image is truncated or corrupt ({exc})") from None
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"the image could not be decoded ({exc})") from None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # High bit depth grayscale: scale to 8 bits by the format's range, not by clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become white, as a viewer would show them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, P
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))

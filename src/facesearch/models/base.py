@@ -1,0 +1,81 @@
+"""The contract every face model keeps: load once, then turn an RGB image into faces.
+
+Plain data types (NumPy only) so results cross process boundaries by pickle.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face rectangle in pixels of the (EXIF-rotated) image."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def area(self) -> int:
+        return self.w * self.h
+
+    def as_dict(self) -> dict[str, int]:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h}
+
+
+@dataclass
+class Face:
+    """One detected face: where, how sure, its 5 landmarks and (optionally) its embedding."""
+
+    box: Box
+    score: float
+    landmarks: list[tuple[float, float]]
+    embedding: np.ndarray | None = None  # float32, L2-normalized
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "box": self.box.as_dict(),
+            "score": round(self.score, 4),
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
+        }
+
+
+@dataclass
+class Analysis:
+    """Everything the model found in one photo, largest face first."""
+
+    width: int
+    height: int
+    faces: list[Face]
+    faces_found: int  # before the max_faces cut
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class FaceModel(ABC):
+    """One face model: ``name`` and ``dim`` identify its embeddings in the gallery.
+
+    Subclasses load their weights in ``__init__`` (once per worker process) and must never download.
+    """
+
+    name: str
+    dim: int
+
+    @abstractmethod
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces of an RGB ``(h, w, 3)`` uint8 image, with boxes, scores and landmarks."""
+
+    @abstractmethod
+    def embed(self, image: np.ndarray, faces: list[Face]) -> None:
+        """Fill ``face.embedding`` (L2-normalized float32 of length ``dim``) for each face."""
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Row-wise unit length, so cosine distance is ``1 - dot``."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
