@@ -182,11 +182,14 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
         dom = gallery.create_domain(domain, exist_ok=True)
         people = {p.name: p.id for p in gallery.list_people(dom, limit=10**9)}
         done = gallery.enrolled_hashes(dom, model)
-        pending: list[NewFace] = []
+        pending: list[tuple[str, Face, bytes]] = []
         in_flight: dict[Future, tuple[str, Path, bytes]] = {}
 
         def flush() -> None:
-            report.enrolled += gallery.add_faces(dom, model, pending)
+            people.update(gallery.ensure_people(dom, {name for name, _, _ in pending}))
+            report.enrolled += gallery.add_faces(dom, model, [
+                NewFace(people[name], f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score, sha)
+                for name, f, sha in pending])
             pending.clear()
 
         def collect(fut: Future, name: str, path: Path, sha: bytes) -> None:
@@ -200,13 +203,8 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
                 return
             if analysis.faces_found > 1:
                 report.several_faces.append(f"{path} ({analysis.faces_found} faces)")
-            face = analysis.faces[0]  # largest first
-            if name not in people:
-                people[name] = gallery.person_id(dom, name, create=True)
             report.people.add(name)
-            b = face.box
-            pending.append(NewFace(people[name], face.embedding, (b.x, b.y, b.w, b.h),
-                                   face.score, sha))
+            pending.append((name, analysis.faces[0], sha))  # largest face first
             if len(pending) >= 256:
                 flush()
 

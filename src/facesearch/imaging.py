@@ -13,8 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageTooLarge, InvalidImage, UnsupportedImage
 
-# MPO is what many cameras write for JPEG with a depth/preview frame; it is read as its first frame.
-FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Pillow's JPEG reader also opens MPO (JPEG with extra frames, as many cameras write).
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 # Pillow's own bomb check is a warning up to 2x its limit; we check the header size ourselves, so
 # silence it and keep its hard error as a second line of defence for sizes far beyond ours.

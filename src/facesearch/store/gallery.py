@@ -162,6 +162,15 @@ class Gallery:
             raise NotFound(f"no person named {name!r} in domain {domain.name!r}")
         return row[0]
 
+    def ensure_people(self, domain: Domain, people: Iterable[str]) -> dict[str, int]:
+        """Ids of these people, creating the missing ones in one statement."""
+        wanted = sorted({names.person_name(p) for p in people})
+        rows = self.conn.execute(
+            "INSERT INTO people (domain_id, name) SELECT %s, unnest(%s::text[])"
+            " ON CONFLICT (domain_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING name, id",
+            (domain.id, wanted)).fetchall()
+        return dict(rows)
+
     def list_people(self, domain: Domain, *, search: str | None = None, limit: int = 1000,
                     offset: int = 0) -> list[Person]:
         rows = self.conn.execute(

@@ -11,7 +11,10 @@ CREATE FUNCTION recognize_face(
     k         integer,
     model     text DEFAULT 'dlib-resnet-v1'
 ) RETURNS TABLE (person_id bigint, person_name text, face_id bigint, distance double precision)
-LANGUAGE plpgsql STABLE AS $fn$
+LANGUAGE plpgsql STABLE
+-- As many HNSW candidates as facesearch's own search (store/gallery.py EF_SEARCH).
+SET hnsw.ef_search = 100
+AS $fn$
 DECLARE
     d_id  bigint;
     m_id  smallint;

@@ -1,0 +1,89 @@
+"""Shared fixtures: LFW photos, one embedded PostgreSQL and one model pool per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from facesearch.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def faces_root() -> Path:
+    """``$FACESEARCH_FACES`` or ``../shared/faces``: LFW, read at run time, never copied here."""
+    root = Path(os.environ.get("FACESEARCH_FACES", REPO.parent / "shared" / "faces"))
+    if not (root / "lfw").is_dir():
+        pytest.skip(f"LFW photos not found at {root}: set FACESEARCH_FACES to the folder holding lfw/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def lfw(faces_root: Path) -> Path:
+    return faces_root / "lfw"
+
+
+def photos_of(lfw: Path, person: str) -> list[Path]:
+    return sorted((lfw / person).glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="session")
+def settings(home: Path) -> Settings:
+    return Settings(home=home, workers=2)
+
+
+@pytest.fixture(scope="session")
+def db_url(settings: Settings) -> str:
+    """The embedded server, started once; this process's handle keeps it up for the session
+    (CLI subprocesses attach to it) and pgserver stops it when pytest exits."""
+    from facesearch.store import database_url
+
+    return database_url(settings)
+
+
+@pytest.fixture
+def gallery(db_url: str) -> Iterator:
+    from facesearch.store import Gallery, connect
+
+    conn = connect(db_url)
+    try:
+        yield Gallery(conn)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def pool(settings: Settings) -> Iterator:
+    from facesearch.inference import ModelPool, ModelSpec
+
+    with ModelPool(ModelSpec(cache_dir=str(settings.cache_dir)), workers=settings.workers) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def cli(home: Path, db_url: str):
+    """Run the real ``facesearch`` command in a subprocess against the session's data directory."""
+    exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
+
+    def run(*args: str | Path, check: bool | None = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_WORKERS": "2"}
+        env.pop("FACESEARCH_DATABASE_URL", None)
+        proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env,
+                              timeout=600, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"facesearch {args} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    return run

@@ -1,0 +1,228 @@
+"""The ``facesearch`` command end to end: real photos, real model workers, real PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from .conftest import photos_of
+
+DOMAIN = "lfw-cli"
+
+
+def pick_people(lfw: Path, min_photos: int, count: int, exactly: bool = False) -> list[str]:
+    """A deterministic spread of LFW people (every n-th by name), not the first alphabetically."""
+    found = sorted(
+        d.name for d in lfw.iterdir()
+        if (n := len(list(d.glob("*.jpg")))) == min_photos or (not exactly and n >= min_photos))
+    step = max(1, len(found) // count)
+    return found[::step][:count]
+
+
+@pytest.fixture(scope="module")
+def enrolled(lfw: Path, tmp_path_factory: pytest.TempPathFactory, cli) -> dict:
+    """24 people with >= 5 photos: 4 enrolled through the CLI (DeepFace's folder layout, made of
+    links to LFW), the 5th held out."""
+    root = tmp_path_factory.mktemp("db_path")
+    held_out = {}
+    for person in pick_people(lfw, 5, 24):
+        photos = photos_of(lfw, person)
+        (root / person).mkdir()
+        for p in photos[:4]:
+            (root / person / p.name).symlink_to(p)
+        held_out[person] = photos[4]
+    (root / "ds_model_arcface_detector_opencv.pkl").write_bytes(b"DeepFace cache: ignored")
+    proc = cli("enroll", root, "--domain", DOMAIN, "--json")
+    return {"root": root, "held_out": held_out, "summary": json.loads(proc.stdout)}
+
+
+def recognize(cli, photo: Path, *args: str) -> dict:
+    return json.loads(cli("recognize", photo, "--domain", DOMAIN, "--json", *args).stdout)
+
+
+def faces_in_db(gallery, domain: str = DOMAIN) -> int:
+    return gallery.conn.execute(
+        "SELECT count(*) FROM faces f JOIN domains d ON d.id = f.domain_id WHERE d.name = %s",
+        (domain,)).fetchone()[0]
+
+
+def test_enroll_summary(enrolled: dict) -> None:
+    s = enrolled["summary"]
+    assert s["photos"] == 96 and s["people"] == 24
+    assert s["enrolled"] + s["no_face"] + s["unreadable"] == 96
+    assert s["enrolled"] >= 90 and s["already_enrolled"] == 0
+
+
+def test_held_out_photos_are_recognized(enrolled: dict, cli) -> None:
+    right = 0
+    for person, photo in enrolled["held_out"].items():
+        result = recognize(cli, photo)
+        assert result["model"] == "dlib-resnet-v1"
+        faces = result["faces"]
+        right += bool(faces and faces[0]["matches"] and faces[0]["matches"][0]["person"] == person)
+    assert right / len(enrolled["held_out"]) >= 0.95, f"{right}/{len(enrolled['held_out'])} right"
+
+
+def test_strangers_match_nobody(enrolled: dict, cli, lfw: Path) -> None:
+    strangers = pick_people(lfw, 1, 24, exactly=True)
+    assert not set(strangers) & set(enrolled["held_out"])
+    unmatched = 0
+    for person in strangers:
+        result = recognize(cli, photos_of(lfw, person)[0])
+        unmatched += all(not f["matches"] for f in result["faces"])
+    assert unmatched / len(strangers) >= 0.90, f"{unmatched}/{len(strangers)} unmatched"
+
+
+def test_recognize_json_shape_and_options(enrolled: dict, cli) -> None:
+    person, photo = next(iter(enrolled["held_out"].items()))
+    result = recognize(cli, photo, "--top-k", "3", "--threshold", "0.5")
+    face = result["faces"][0]
+    assert set(face["box"]) == {"x", "y", "w", "h"} and face["score"] > 0
+    matches = face["matches"]
+    assert 1 <= len(matches) <= 3 and matches[0]["person"] == person
+    assert [m["distance"] for m in matches] == sorted(m["distance"] for m in matches)
+    assert all(m["distance"] < 0.5 and abs(m["similarity"] - (1 - m["distance"])) < 1e-4
+               for m in matches)
+    assert result["threshold"] == 0.5 and set(result["timings_ms"]) >= {"decode", "detect", "embed"}
+    text = cli("recognize", photo, "--domain", DOMAIN).stdout
+    assert person in text
+
+
+def test_reenrolling_is_a_no_op(enrolled: dict, cli, gallery) -> None:
+    before = faces_in_db(gallery)
+    again = json.loads(cli("enroll", enrolled["root"], "--domain", DOMAIN, "--json").stdout)
+    assert again["enrolled"] == 0
+    assert again["already_enrolled"] == enrolled["summary"]["enrolled"]
+    assert faces_in_db(gallery) == before
+
+
+def test_enroll_photos_as_person_rename_and_delete(enrolled: dict, cli, gallery, lfw: Path) -> None:
+    photos = photos_of(lfw, "Gerhard_Schroeder")[:3]
+    out = json.loads(cli("enroll", *photos, "--domain", DOMAIN, "--person", "Gerhard", "--json").stdout)
+    assert out["enrolled"] == 3
+    people = json.loads(cli("people", "list", "--domain", DOMAIN, "--json").stdout)
+    assert {"name": "Gerhard", "faces": 3} in [{k: p[k] for k in ("name", "faces")} for p in people]
+
+    cli("people", "rename", "--domain", DOMAIN, "Gerhard", "Gerhard Schröder")
+    result = recognize(cli, photos_of(lfw, "Gerhard_Schroeder")[5])
+    assert result["faces"][0]["matches"][0]["person"] == "Gerhard Schröder"
+
+    pid = gallery.conn.execute("SELECT id FROM people WHERE name = 'Gerhard Schröder'").fetchone()[0]
+    cli("people", "delete", "--domain", DOMAIN, "Gerhard Schröder")
+    assert gallery.conn.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
+    assert gallery.conn.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    result = recognize(cli, photos_of(lfw, "Gerhard_Schroeder")[5])
+    assert all(m["person"] != "Gerhard Schröder" for m in result["faces"][0]["matches"])
+
+
+def test_verify(cli, lfw: Path) -> None:
+    a, b = photos_of(lfw, "Tony_Blair")[:2]
+    same = json.loads(cli("verify", a, b, "--json").stdout)
+    assert same["same_person"] is True and same["distance"] < same["threshold"]
+    other = json.loads(cli("verify", a, photos_of(lfw, "Colin_Powell")[0], "--json").stdout)
+    assert other["same_person"] is False and other["distance"] >= other["threshold"]
+    assert "same person" in cli("verify", a, b).stdout
+
+
+def test_detect(cli, lfw: Path) -> None:
+    out = json.loads(cli("detect", lfw / "Tony_Blair" / "Tony_Blair_0001.jpg", "--json").stdout)
+    assert out["faces_found"] >= 1 and len(out["faces"][0]["landmarks"]) == 5
+
+
+def test_domains(enrolled: dict, cli) -> None:
+    cli("domains", "create", "cli-temp")
+    listed = {d["name"]: d for d in json.loads(cli("domains", "list", "--json").stdout)}
+    assert listed[DOMAIN]["people"] >= 24 and listed["cli-temp"]["faces"] == 0
+    proc = cli("domains", "create", "cli-temp", check=False)
+    assert proc.returncode == 1 and "already exists" in proc.stderr
+    assert "deleted domain cli-temp" in cli("domains", "delete", "cli-temp", "--yes").stdout
+    proc = cli("domains", "delete", DOMAIN, check=False)  # no --yes, no terminal: refused
+    assert proc.returncode != 0
+
+
+# -- bad input: a clear message, exit 1 (2 for usage), nothing stored changes -------------------
+
+def bad_files(tmp: Path, lfw: Path) -> dict[str, Path]:
+    jpeg = (lfw / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes()
+    files = {
+        "empty.jpg": b"",
+        "text.jpg": b"this is not a photo\n" * 50,
+        "truncated.jpg": jpeg[: len(jpeg) // 3],
+    }
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (200, 180, 160)).save(buf, "PNG")
+    files["noface.png"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 5_000)).save(buf, "PNG")  # 50 MP, tiny file
+    files["huge.png"] = buf.getvalue()
+    out = {}
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+        out[name] = tmp / name
+    return out
+
+
+@pytest.mark.parametrize("name, message", [
+    ("empty.jpg", "empty"),
+    ("text.jpg", "not a supported image"),
+    ("truncated.jpg", "truncated or corrupt"),
+    ("huge.png", "megapixels, over the limit"),
+])
+def test_bad_photos(enrolled: dict, cli, gallery, lfw: Path, tmp_path: Path, name: str,
+                    message: str) -> None:
+    path = bad_files(tmp_path, lfw)[name]
+    before = faces_in_db(gallery)
+    for args in (("recognize", path, "--domain", DOMAIN),
+                 ("enroll", path, "--domain", DOMAIN, "--person", "Bad Input"),
+                 ("verify", path, path), ("detect", path)):
+        proc = cli(*args, check=False)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert faces_in_db(gallery) == before
+
+
+def test_photo_without_face(enrolled: dict, cli, gallery, lfw: Path, tmp_path: Path) -> None:
+    path = bad_files(tmp_path, lfw)["noface.png"]
+    before = faces_in_db(gallery)
+    result = recognize(cli, path)
+    assert result["faces"] == [] and result["faces_found"] == 0
+    proc = cli("enroll", path, "--domain", DOMAIN, "--person", "Nobody", check=False)
+    assert proc.returncode == 1 and "no face" in proc.stderr
+    proc = cli("verify", path, lfw / "Tony_Blair" / "Tony_Blair_0001.jpg", check=False)
+    assert proc.returncode == 1 and "no face found in" in proc.stderr
+    assert faces_in_db(gallery) == before
+    assert "Nobody" not in cli("people", "list", "--domain", DOMAIN).stdout
+
+
+def test_unknown_domain_and_person(enrolled: dict, cli, lfw: Path) -> None:
+    photo = lfw / "Tony_Blair" / "Tony_Blair_0001.jpg"
+    proc = cli("recognize", photo, "--domain", "no-such-domain", check=False)
+    assert proc.returncode == 1 and "unknown domain 'no-such-domain'" in proc.stderr
+    proc = cli("people", "delete", "--domain", DOMAIN, "No Such Person", check=False)
+    assert proc.returncode == 1 and "no person named" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("recognize", "/nonexistent.jpg", "--domain", DOMAIN), "does not exist"),
+    (("recognize",), "Missing argument"),
+    (("recognize", "x.jpg", "--domain", DOMAIN, "--top-k", "0"), "top-k"),
+    (("frobnicate",), "No such command"),
+])
+def test_usage_errors_exit_2(cli, args: tuple[str, ...], message: str) -> None:
+    proc = cli(*args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+@pytest.mark.parametrize("domain, person", [
+    ("../../etc", "x"), ("a b", "x"), (DOMAIN, "bad\x07bell"), (DOMAIN, "x" * 300),
+])
+def test_hostile_names(enrolled: dict, cli, gallery, lfw: Path, domain: str, person: str) -> None:
+    before = faces_in_db(gallery)
+    proc = cli("enroll", lfw / "Tony_Blair" / "Tony_Blair_0001.jpg", "--domain", domain,
+               "--person", person, check=False)
+    assert proc.returncode == 1 and "name" in proc.stderr and "Traceback" not in proc.stderr
+    assert faces_in_db(gallery) == before

@@ -1,0 +1,231 @@
+"""The gallery store on the real embedded PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from facesearch.errors import Conflict, InvalidName, NotFound, StoreError
+from facesearch.store import Gallery, NewFace, connect
+from facesearch.store.migrate import migrations
+
+MODEL = "dlib-resnet-v1"
+DIM = 128
+
+
+def clustered(rng: np.random.Generator, people: int, per_person: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic embeddings shaped like dlib's: all in one cone (different people ~0.2 apart in
+    cosine distance), each person's faces ~0.04 apart. Returns (centres, faces[people, per, dim])."""
+    mean = rng.normal(size=DIM)
+    mean /= np.linalg.norm(mean)
+    centres = mean + 0.5 * rng.normal(size=(people, DIM)) / np.sqrt(DIM)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    faces = centres[:, None, :] + 0.2 * rng.normal(size=(people, per_person, DIM)) / np.sqrt(DIM)
+    faces /= np.linalg.norm(faces, axis=2, keepdims=True)
+    return centres, faces.astype(np.float32)
+
+
+def fill(gallery: Gallery, domain: str, faces: np.ndarray) -> tuple[object, dict[int, int]]:
+    """Create a domain with one person per row of ``faces``; returns (domain, person_id -> row)."""
+    dom = gallery.create_domain(domain)
+    ids = gallery.ensure_people(dom, [f"person {i}" for i in range(len(faces))])
+    rows, index = [], {}
+    for i, person_faces in enumerate(faces):
+        pid = ids[f"person {i}"]
+        index[pid] = i
+        for j, emb in enumerate(person_faces):
+            sha = hashlib.sha256(f"{domain}/{i}/{j}".encode()).digest()
+            rows.append(NewFace(pid, emb, (0, 0, 100, 100), 1.0, sha))
+    assert gallery.add_faces(dom, MODEL, rows) == len(rows)
+    return dom, index
+
+
+def explain(gallery: Gallery, dom, query: np.ndarray) -> str:
+    stmt = gallery.search_sql(MODEL).as_string(gallery.conn)
+    rows = gallery.conn.execute("EXPLAIN " + stmt, {"q": query, "domain": dom.id, "n": 20,
+                                                    "threshold": 0.5, "k": 5}).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def test_migrations_apply_once(db_url: str) -> None:
+    for _ in range(2):
+        conn = connect(db_url)
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+        conn.close()
+        assert versions == [v for v, _, _ in migrations()]
+
+
+def test_domains_people_and_faces(gallery: Gallery) -> None:
+    rng = np.random.default_rng(1)
+    _, faces = clustered(rng, 3, 2)
+    dom, _ = fill(gallery, "store-basics", faces)
+    with pytest.raises(Conflict):
+        gallery.create_domain("store-basics")
+    with pytest.raises(InvalidName):
+        gallery.create_domain("no spaces")
+    assert gallery.create_domain("store-basics", exist_ok=True).id == dom.id
+
+    people = gallery.list_people(dom)
+    assert [(p.name, p.faces) for p in people] == [(f"person {i}", 2) for i in range(3)]
+    gallery.rename_person(dom, "person 0", "Ana Novak")
+    with pytest.raises(Conflict):
+        gallery.rename_person(dom, "person 1", "Ana Novak")
+    with pytest.raises(NotFound):
+        gallery.rename_person(dom, "nobody", "x")
+    assert [p.name for p in gallery.list_people(dom, search="nova")] == ["Ana Novak"]
+
+    # Same photo, same person, same model again: nothing added.
+    pid = gallery.person_id(dom, "Ana Novak")
+    again = NewFace(pid, faces[0, 0], (0, 0, 100, 100), 1.0,
+                    hashlib.sha256(b"store-basics/0/0").digest())
+    assert gallery.add_faces(dom, MODEL, [again]) == 0
+    assert (pid, again.photo_sha256) in gallery.enrolled_hashes(dom, MODEL)
+
+    # Deleting a person deletes its faces, checked in SQL.
+    assert gallery.delete_person(dom, "Ana Novak") == 2
+    count = gallery.conn.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone()
+    assert count == (0,)
+    assert gallery.conn.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    gallery.purge(dom)
+
+    face = gallery.list_faces(dom, "person 1")[0]
+    gallery.delete_face(dom, face.id)
+    with pytest.raises(NotFound):
+        gallery.delete_face(dom, face.id)
+
+    # Deleting the domain drops its partition: the embeddings are gone from disk.
+    info = gallery.delete_domain("store-basics")
+    assert (info.people, info.faces) == (2, 3)
+    part = gallery.conn.execute("SELECT to_regclass(%s)", (f"faces_d{dom.id}",)).fetchone()
+    assert part == (None,)
+    with pytest.raises(NotFound):
+        gallery.get_domain("store-basics")
+
+
+def test_wrong_dimension_is_refused(gallery: Gallery) -> None:
+    dom = gallery.create_domain("store-dims")
+    pid = gallery.person_id(dom, "x", create=True)
+    with pytest.raises(ValueError, match="128"):
+        gallery.add_faces(dom, MODEL, [NewFace(pid, np.ones(512, np.float32), (0, 0, 1, 1), 1.0,
+                                               b"\0" * 32)])
+    with pytest.raises(ValueError, match="128"):
+        gallery.search(dom, MODEL, [np.ones(512, np.float32)], k=1, threshold=1.0)
+    gallery.delete_domain("store-dims")
+
+
+@pytest.fixture(scope="module")
+def big_gallery(db_url: str):
+    """>= 25,000 faces over four domains of different sizes (one small, like the seed's serbia)."""
+    conn = connect(db_url)
+    gallery = Gallery(conn)
+    rng = np.random.default_rng(7)
+    sizes = {"scale-a": 3000, "scale-b": 2000, "scale-c": 1250, "scale-d": 250}  # people, 4 faces
+    domains = {}
+    for name, people in sizes.items():
+        centres, faces = clustered(rng, people, 4)
+        dom, index = fill(gallery, name, faces)
+        domains[name] = (dom, centres, faces, index)
+    conn.execute("ANALYZE faces")
+    yield gallery, domains, rng
+    for name in sizes:
+        gallery.delete_domain(name)
+    conn.close()
+
+
+def test_search_uses_the_domain_partition_and_its_vector_index(big_gallery) -> None:
+    gallery, domains, _ = big_gallery
+    total = gallery.conn.execute("SELECT count(*) FROM faces").fetchone()[0]
+    assert total >= 25_000
+    for name, (dom, centres, _, _) in domains.items():
+        plan = explain(gallery, dom, centres[0].astype(np.float32))
+        scanned = {f"faces_d{d.id}" for d, *_ in domains.values() if f"faces_d{d.id} " in plan}
+        assert scanned == {f"faces_d{dom.id}"}, f"{name}: other domains' rows scanned:\n{plan}"
+        if name != "scale-d":  # 1,000 faces: the planner may rightly prefer reading them all
+            assert f"Index Scan using faces_d{dom.id}_m" in plan, plan
+            assert "Seq Scan" not in plan, plan
+
+
+def test_search_recall_against_exact(big_gallery) -> None:
+    gallery, domains, rng = big_gallery
+    agree = total = 0
+    for dom, centres, _, _ in domains.values():
+        ids, embs = zip(*gallery.conn.execute(
+            "SELECT id, embedding FROM faces WHERE domain_id = %s", (dom.id,)).fetchall(), strict=True)
+        matrix = np.stack([e.to_numpy() for e in embs])
+        people = rng.choice(len(centres), size=100, replace=False)
+        queries = centres[people] + 0.2 * rng.normal(size=(100, DIM)) / np.sqrt(DIM)
+        queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+        exact = [ids[i] for i in np.argmax(queries @ matrix.T, axis=1)]
+        found = gallery.search(dom, MODEL, queries, k=1, threshold=2.0)
+        agree += sum(bool(f) and f[0].face_id == e for f, e in zip(found, exact, strict=True))
+        total += len(queries)
+    assert agree / total >= 0.99, f"top-1 agrees with exact search for {agree}/{total}"
+
+
+def test_search_returns_best_face_per_person_under_threshold(big_gallery) -> None:
+    gallery, domains, _ = big_gallery
+    dom, _, faces, index = domains["scale-b"]
+    matches = gallery.search(dom, MODEL, [faces[5, 0]], k=5, threshold=0.5)[0]
+    assert index[matches[0].person_id] == 5 and matches[0].distance < 1e-5
+    assert len({m.person_id for m in matches}) == len(matches)  # one row per person
+    assert all(a.distance <= b.distance for a, b in itertools.pairwise(matches))
+    assert all(m.distance < 0.5 for m in matches)
+    tight = gallery.search(dom, MODEL, [faces[5, 0]], k=5, threshold=1e-4)[0]
+    assert [index[m.person_id] for m in tight] == [5]
+
+
+def test_recognize_face_sql_function(big_gallery) -> None:
+    gallery, domains, _ = big_gallery
+    dom, _, faces, _ = domains["scale-a"]
+    for query in faces[:20, 1]:
+        rows = gallery.conn.execute("SELECT * FROM recognize_face(%s, %s, %s, %s)",
+                                    (query, "scale-a", 0.3, 3)).fetchall()
+        ours = gallery.search(dom, MODEL, [query], k=3, threshold=0.3)[0]
+        assert [(r[0], r[2]) for r in rows] == [(m.person_id, m.face_id) for m in ours]
+        assert np.allclose([r[3] for r in rows], [m.distance for m in ours], atol=1e-6)
+    with pytest.raises(psycopg.errors.NoDataFound, match="unknown domain"):
+        gallery.conn.execute("SELECT * FROM recognize_face(%s, 'nowhere', 0.3, 3)", (faces[0, 0],))
+    with pytest.raises(psycopg.errors.DataException, match="dimensions"):
+        gallery.conn.execute("SELECT * FROM recognize_face(%s, 'scale-a', 0.3, 3)",
+                             (np.ones(512, np.float32),))
+
+
+def test_external_url_is_used_as_given(db_url: str) -> None:
+    """With a URL facesearch uses that server: here a fresh database on the same server."""
+    admin = psycopg.connect(db_url, autocommit=True)
+    admin.execute("DROP DATABASE IF EXISTS facesearch_external")
+    admin.execute("CREATE DATABASE facesearch_external")
+    url = make_conninfo(db_url, dbname="facesearch_external")
+    conn = connect(url)
+    assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(migrations())
+    conn.close()
+    admin.execute("DROP DATABASE facesearch_external")
+    admin.close()
+
+
+def test_clear_error_when_pgvector_cannot_be_created(db_url: str) -> None:
+    admin = psycopg.connect(db_url, autocommit=True)
+    admin.execute("DROP DATABASE IF EXISTS facesearch_limited")
+    admin.execute("DROP ROLE IF EXISTS limited_user")
+    admin.execute("CREATE ROLE limited_user LOGIN")
+    admin.execute("CREATE DATABASE facesearch_limited OWNER limited_user")
+    try:
+        url = make_conninfo(db_url, dbname="facesearch_limited", user="limited_user")
+        with pytest.raises(StoreError, match=r"could not be created.*CREATE EXTENSION vector"):
+            connect(url)
+    finally:
+        admin.execute("DROP DATABASE facesearch_limited")
+        admin.execute("DROP ROLE limited_user")
+        admin.close()
+
+
+def test_clear_error_when_server_unreachable(db_url: str) -> None:
+    host = conninfo_to_dict(db_url)["host"]
+    url = make_conninfo(db_url, host=host + "-missing")
+    with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
+        connect(url)
