@@ -57,24 +57,41 @@ def test_enroll_summary(enrolled: dict) -> None:
     assert s["enrolled"] >= 90 and s["already_enrolled"] == 0
 
 
+def recognize_many(cli, photos: list[Path]) -> list[dict]:
+    """Several photos in one run: one JSON object per line, in order."""
+    out = cli("recognize", *photos, "--domain", DOMAIN, "--json").stdout
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["photo"] for r in results] == [str(p) for p in photos]
+    return results
+
+
 def test_held_out_photos_are_recognized(enrolled: dict, cli) -> None:
+    people = list(enrolled["held_out"])
+    results = recognize_many(cli, [enrolled["held_out"][p] for p in people])
     right = 0
-    for person, photo in enrolled["held_out"].items():
-        result = recognize(cli, photo)
+    for person, result in zip(people, results, strict=True):
         assert result["model"] == "dlib-resnet-v1"
         faces = result["faces"]
         right += bool(faces and faces[0]["matches"] and faces[0]["matches"][0]["person"] == person)
-    assert right / len(enrolled["held_out"]) >= 0.95, f"{right}/{len(enrolled['held_out'])} right"
+    assert right / len(people) >= 0.95, f"{right}/{len(people)} right"
 
 
 def test_strangers_match_nobody(enrolled: dict, cli, lfw: Path) -> None:
     strangers = pick_people(lfw, 1, 24, exactly=True)
     assert not set(strangers) & set(enrolled["held_out"])
-    unmatched = 0
-    for person in strangers:
-        result = recognize(cli, photos_of(lfw, person)[0])
-        unmatched += all(not f["matches"] for f in result["faces"])
+    results = recognize_many(cli, [photos_of(lfw, p)[0] for p in strangers])
+    unmatched = sum(all(not f["matches"] for f in r["faces"]) for r in results)
     assert unmatched / len(strangers) >= 0.90, f"{unmatched}/{len(strangers)} unmatched"
+
+
+def test_one_bad_photo_among_many(enrolled: dict, cli, lfw: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    good = photos_of(lfw, "Tony_Blair")[0]
+    proc = cli("recognize", good, bad, "--domain", DOMAIN, "--json", check=False)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and "1 of 2 photos" in proc.stderr
+    assert "faces" in lines[0] and lines[1]["error"]["code"] == "unsupported_image"
 
 
 def test_recognize_json_shape_and_options(enrolled: dict, cli) -> None:

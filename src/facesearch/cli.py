@@ -40,13 +40,14 @@ class Context:
         self.settings = settings
 
     @contextmanager
-    def pool(self) -> Iterator[ModelPool]:
+    def pool(self, photos: int) -> Iterator[ModelPool]:
+        """Model workers for a job of ``photos`` photos (no more workers than photos)."""
         from .inference import ModelPool, ModelSpec
 
         s = self.settings
         spec = ModelSpec(model=s.model, detector=s.detector, runtime=s.runtime,
                          cache_dir=str(s.cache_dir))
-        with ModelPool(spec, workers=s.workers) as pool:
+        with ModelPool(spec, workers=max(1, min(s.workers, photos))) as pool:
             yield pool
 
     @contextmanager
@@ -82,6 +83,12 @@ class FacesearchGroup(click.Group):
         except OSError as exc:
             click.secho(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                         err=True, fg="red")
+            ctx.exit(1)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("psycopg"):
+                raise
+            # psycopg is not imported here (see the module docstring), hence the module test.
+            click.secho(f"error: database: {str(exc).strip()}", err=True, fg="red")
             ctx.exit(1)
 
 
@@ -178,7 +185,7 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
 
     report = EnrollReport(photos=len(items))
     model = obj.settings.model
-    with obj.gallery() as gallery, obj.pool() as pool:
+    with obj.gallery() as gallery, obj.pool(len(items)) as pool:
         dom = gallery.create_domain(domain, exist_ok=True)
         people = {p.name: p.id for p in gallery.list_people(dom, limit=10**9)}
         done = gallery.enrolled_hashes(dom, model)
@@ -252,28 +259,59 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
 # -- recognize / verify / detect -----------------------------------------------------------------
 
 @cli.command()
-@click.argument("photo", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("photos", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--domain", "-d", required=True)
 @click.option("--top-k", "-k", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Matches per face.")
 @click.option("--threshold", "-t", type=click.FloatRange(0, 2),
               help="Cosine distance under which a face matches (default: calibrated).")
 @click.option("--max-faces", type=click.IntRange(1, 1000), help="Faces processed, largest first.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (one per line when several photos are given).")
 @click.pass_obj
-def recognize(obj: Context, photo: Path, domain: str, top_k: int, threshold: float | None,
-              max_faces: int | None, as_json: bool) -> None:
-    """Recognize every face in PHOTO against a domain's gallery."""
+def recognize(obj: Context, photos: tuple[Path, ...], domain: str, top_k: int,
+              threshold: float | None, max_faces: int | None, as_json: bool) -> None:
+    """Recognize every face in each PHOTO against a domain's gallery."""
     s = obj.settings
     threshold = s.threshold if threshold is None else threshold
-    with obj.pool() as pool:
-        future = pool.submit(photo.read_bytes(), max_pixels=s.max_pixels,
-                             max_faces=max_faces or s.max_faces)
+    failed = 0
+    with obj.pool(len(photos)) as pool:
+        window = pool.workers * 4
+        futures: dict[Path, Future[Analysis]] = {}
+
+        def submit(photo: Path) -> None:
+            futures[photo] = pool.submit(photo.read_bytes(), max_pixels=s.max_pixels,
+                                         max_faces=max_faces or s.max_faces)
+
+        for photo in photos[:window]:
+            submit(photo)
         with obj.gallery() as gallery:  # opens while the model works
             dom = gallery.get_domain(domain)
-            analysis = pool.result(future)
-            results = gallery.search(dom, s.model, [f.embedding for f in analysis.faces],
-                                     k=top_k, threshold=threshold)
+            for i, photo in enumerate(photos):
+                if i + window < len(photos):
+                    submit(photos[i + window])
+                try:
+                    analysis = pool.result(futures.pop(photo))
+                except FacesearchError as exc:
+                    if len(photos) == 1:
+                        raise
+                    failed += 1
+                    click.secho(f"error: {photo}: {exc.message}", err=True, fg="red")
+                    if as_json:
+                        click.echo(json.dumps({"photo": str(photo), "error": {
+                            "code": exc.code, "message": exc.message}}))
+                    continue
+                results = gallery.search(dom, s.model, [f.embedding for f in analysis.faces],
+                                         k=top_k, threshold=threshold)
+                _print_recognition(photo, analysis, results, domain, s.model, threshold, top_k,
+                                   as_json, one_line=len(photos) > 1)
+    if failed:
+        raise FacesearchError(f"{failed} of {len(photos)} photos could not be processed")
+
+
+def _print_recognition(photo: Path, analysis: Analysis, results: list, domain: str, model: str,
+                       threshold: float, top_k: int, as_json: bool, one_line: bool) -> None:
     faces = []
     for face, matches in zip(analysis.faces, results, strict=True):
         faces.append({**face_json(face), "matches": [
@@ -281,12 +319,14 @@ def recognize(obj: Context, photo: Path, domain: str, top_k: int, threshold: flo
              "distance": round(m.distance, 5), "similarity": round(1 - m.distance, 5)}
             for m in matches]})
     if as_json:
-        emit({"faces": faces, "faces_found": analysis.faces_found, "model": s.model,
-              "domain": domain, "threshold": threshold, "top_k": top_k,
-              "image": {"width": analysis.width, "height": analysis.height},
-              "timings_ms": {k: round(v, 1) for k, v in analysis.timings_ms.items()}})
+        data = {"photo": str(photo), "faces": faces, "faces_found": analysis.faces_found,
+                "model": model, "domain": domain, "threshold": threshold, "top_k": top_k,
+                "image": {"width": analysis.width, "height": analysis.height},
+                "timings_ms": {k: round(v, 1) for k, v in analysis.timings_ms.items()}}
+        click.echo(json.dumps(data, ensure_ascii=False) if one_line else
+                   json.dumps(data, indent=2, ensure_ascii=False))
         return
-    click.echo(f"{photo}: {analysis.faces_found} face(s); domain {domain}, model {s.model}, "
+    click.echo(f"{photo}: {analysis.faces_found} face(s); domain {domain}, model {model}, "
                f"threshold {threshold}")
     for i, f in enumerate(faces, 1):
         b = f["box"]
@@ -307,7 +347,7 @@ def verify(obj: Context, photo_a: Path, photo_b: Path, threshold: float | None,
            as_json: bool) -> None:
     """Are the (largest) faces in two photos the same person?"""
     threshold = obj.settings.threshold if threshold is None else threshold
-    with obj.pool() as pool:
+    with obj.pool(2) as pool:
         futures = [obj.analyze(pool, p) for p in (photo_a, photo_b)]
         analyses = [pool.result(f) for f in futures]
     for path, analysis in zip((photo_a, photo_b), analyses, strict=True):
@@ -332,7 +372,7 @@ def verify(obj: Context, photo_a: Path, photo_b: Path, threshold: float | None,
 @click.pass_obj
 def detect(obj: Context, photo: Path, as_json: bool) -> None:
     """Find the faces in PHOTO: boxes, scores and 5 landmarks."""
-    with obj.pool() as pool:
+    with obj.pool(1) as pool:
         analysis = pool.result(obj.analyze(pool, photo, embed=False))
     if as_json:
         emit({"faces": [face_json(f) for f in analysis.faces],

@@ -25,7 +25,7 @@ class ModelSpec:
 
     model: str = "dlib-resnet-v1"
     detector: str = "hog"
-    runtime: str = "dlib"
+    runtime: str = "onnx"
     cache_dir: str | None = None
     threads: int = 0  # native threads per worker; 0 = share the cores between the workers
 

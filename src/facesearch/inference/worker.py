@@ -31,7 +31,7 @@ def init(spec: dict[str, object]) -> None:
     _model = load_model(
         str(spec["model"]),
         detector=str(spec.get("detector", "hog")),
-        runtime=str(spec.get("runtime", "dlib")),
+        runtime=str(spec.get("runtime", "onnx")),
         cache_dir=spec.get("cache_dir"),  # type: ignore[arg-type]
         threads=threads,
     )

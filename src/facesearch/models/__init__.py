@@ -24,7 +24,7 @@ def model_dim(name: str) -> int:
         raise ModelError(f"unknown model {name!r}; known models: {known}") from None
 
 
-def load_model(name: str, *, detector: str = "hog", runtime: str = "dlib",
+def load_model(name: str, *, detector: str = "hog", runtime: str = "onnx",
                cache_dir: str | None = None, threads: int = 1) -> FaceModel:
     """Load a model by name. Call only in a worker process: this imports the model runtime."""
     model_dim(name)

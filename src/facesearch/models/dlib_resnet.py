@@ -33,7 +33,7 @@ class DlibResNet(FaceModel):
     name = "dlib-resnet-v1"
     dim = 128
 
-    def __init__(self, *, detector: str = "hog", runtime: str = "dlib",
+    def __init__(self, *, detector: str = "hog", runtime: str = "onnx",
                  cache_dir: str | None = None, threads: int = 1) -> None:
         if detector == "hog":
             self._hog = dlib.get_frontal_face_detector()
@@ -51,12 +51,13 @@ class DlibResNet(FaceModel):
             self._dlib_net = dlib.face_recognition_model_v1(str(weights))
             self._onnx = None
         elif runtime == "onnx":
+            import platformdirs
+
             from .dlib_onnx import OnnxFaceEncoder
 
-            if cache_dir is None:
-                raise ModelError("the onnx runtime needs a cache directory for the converted model")
+            cache = Path(cache_dir or platformdirs.user_cache_dir("facesearch"))
             self._dlib_net = None
-            self._onnx = OnnxFaceEncoder(weights, Path(cache_dir), threads=threads)
+            self._onnx = OnnxFaceEncoder(weights, cache, threads=threads)
         else:
             raise ModelError(f"unknown runtime {runtime!r}: use 'dlib' or 'onnx'")
 
