@@ -4,7 +4,7 @@ Cuts real LFW face chips (HOG + 5 landmarks + ``get_face_chip``), then times, in
 dlib at batch 1 and 16, and onnxruntime at batch 1, 8 and 16 with 1 and 2 intra-op threads.
 Prints a markdown table, the command and the machine.
 
-    python bench/bench_embed.py [--faces 32] [--rounds 3]
+    python -m bench.bench_embed [--faces 32] [--rounds 3]
 
 LFW is read from ``$FACESEARCH_FACES/lfw`` (default ``../shared/faces`` beside the repository).
 """
@@ -25,32 +25,11 @@ import dlib
 import face_recognition_models
 import numpy as np
 import onnxruntime
-from PIL import Image
 
+from bench.lfw import cpu_model, lfw_chips
 from facesearch.models.dlib_onnx import OnnxFaceEncoder
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def load_chips(lfw: Path, count: int) -> np.ndarray:
-    """The first face of the first photo of the first ``count`` people (alphabetically)."""
-    detector = dlib.get_frontal_face_detector()
-    landmarks = dlib.shape_predictor(
-        face_recognition_models.pose_predictor_five_point_model_location()
-    )
-    chips = []
-    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
-        photo = min(person.glob("*.jpg"), default=None)
-        if photo is None:
-            continue
-        image = np.asarray(Image.open(photo).convert("RGB"))
-        found = detector(image, 0)
-        if found:
-            shape = landmarks(image, found[0])
-            chips.append(dlib.get_face_chip(image, shape, size=150, padding=0.25))
-        if len(chips) == count:
-            break
-    return np.stack(chips)
 
 
 def per_face_ms(run: Callable[[np.ndarray], object], chips: np.ndarray, batch: int,
@@ -66,16 +45,6 @@ def per_face_ms(run: Callable[[np.ndarray], object], chips: np.ndarray, batch: i
     return 1000 * best / len(chips)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=32, help="number of LFW face chips")
@@ -85,7 +54,7 @@ def main() -> None:
     faces = Path(os.environ.get("FACESEARCH_FACES", REPO.parent / "shared" / "faces"))
     if not (faces / "lfw").is_dir():
         sys.exit(f"LFW not found at {faces} (set FACESEARCH_FACES to the folder holding lfw/)")
-    chips = load_chips(faces / "lfw", args.faces)
+    chips = lfw_chips(faces / "lfw", args.faces)
     dat = Path(face_recognition_models.face_recognition_model_location())
 
     net = dlib.face_recognition_model_v1(str(dat))

@@ -77,7 +77,7 @@ def main() -> None:
     impostor = np.sort(all_dist[upper & ~same_id])
     genuine = all_dist[upper & same_id]
     far_target = 1e-3
-    t_default = float(np.floor(impostor[int(far_target * len(impostor))] * 1000) / 1000)
+    t_default = round(float(np.floor(impostor[int(far_target * len(impostor))] * 1000) / 1000), 3)
     acc_calib = accuracy(dist[calib], same[calib], t_default)
     acc_heldout = accuracy(dist[~calib], same[~calib], t_default)
     np.savez(args.out.with_name("lfw_embeddings.npz"), matrix=np.stack(

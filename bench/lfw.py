@@ -1,8 +1,10 @@
-"""LFW access shared by the benchmark scripts: where it is, the pairs protocol, batch embedding."""
+"""Shared by the benchmark scripts (and some tests): LFW access, the pairs protocol, face chips,
+batch embedding, and the machine's description."""
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,3 +79,36 @@ def embed_photos(pool: ModelPool, paths: Iterable[Path], desc: str = "embedding"
                     bar.update()
                 futures = {}
     return out
+
+
+def lfw_chips(lfw: Path, count: int) -> np.ndarray:
+    """Face chips exactly as dlib cuts them (HOG, 5 landmarks, ``get_face_chip(150, 0.25)``): the
+    first face of the first photo of the first ``count`` people, alphabetically, with one."""
+    import dlib
+    import face_recognition_models
+    from PIL import Image
+
+    detector = dlib.get_frontal_face_detector()
+    landmarks = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+    chips = []
+    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
+        photo = min(person.glob("*.jpg"), default=None)
+        if photo is None:
+            continue
+        image = np.asarray(Image.open(photo).convert("RGB"))
+        found = detector(image, 0)
+        if found:
+            chips.append(dlib.get_face_chip(image, landmarks(image, found[0]), size=150, padding=0.25))
+        if len(chips) == count:
+            break
+    return np.stack(chips)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

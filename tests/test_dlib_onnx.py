@@ -13,6 +13,7 @@ dlib = pytest.importorskip("dlib")
 face_recognition_models = pytest.importorskip("face_recognition_models")
 onnxruntime = pytest.importorskip("onnxruntime")
 
+from bench.lfw import lfw_chips  # noqa: E402
 from facesearch.models.dlib_onnx import (  # noqa: E402
     OnnxFaceEncoder,
     cached_model_path,
@@ -33,26 +34,9 @@ def chips() -> np.ndarray:
     lfw = FACES / "lfw"
     if not lfw.is_dir():
         pytest.skip(f"LFW photos not found at {lfw} (set FACESEARCH_FACES to the folder with lfw/)")
-    from PIL import Image
-
-    detector = dlib.get_frontal_face_detector()
-    five_points = face_recognition_models.pose_predictor_five_point_model_location()
-    landmarks = dlib.shape_predictor(five_points)
-    out = []
-    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
-        photo = min(person.glob("*.jpg"), default=None)
-        if photo is None:
-            continue
-        image = np.asarray(Image.open(photo).convert("RGB"))
-        found = detector(image, 0)
-        if not found:
-            continue
-        shape = landmarks(image, found[0])
-        out.append(dlib.get_face_chip(image, shape, size=150, padding=0.25))
-        if len(out) == N_PHOTOS:
-            break
+    out = lfw_chips(lfw, N_PHOTOS)
     assert len(out) >= 50, f"only {len(out)} faces found under {lfw}"
-    return np.stack(out)
+    return out
 
 
 @pytest.fixture(scope="module")

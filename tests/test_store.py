@@ -10,24 +10,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench.synthetic import clustered, near
 from facesearch.errors import Conflict, InvalidName, NotFound, StoreError
 from facesearch.store import Gallery, NewFace, connect
 from facesearch.store.migrate import migrations
 
 MODEL = "dlib-resnet-v1"
 DIM = 128
-
-
-def clustered(rng: np.random.Generator, people: int, per_person: int) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic embeddings shaped like dlib's: all in one cone (different people ~0.2 apart in
-    cosine distance), each person's faces ~0.04 apart. Returns (centres, faces[people, per, dim])."""
-    mean = rng.normal(size=DIM)
-    mean /= np.linalg.norm(mean)
-    centres = mean + 0.5 * rng.normal(size=(people, DIM)) / np.sqrt(DIM)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    faces = centres[:, None, :] + 0.2 * rng.normal(size=(people, per_person, DIM)) / np.sqrt(DIM)
-    faces /= np.linalg.norm(faces, axis=2, keepdims=True)
-    return centres, faces.astype(np.float32)
 
 
 def fill(gallery: Gallery, domain: str, faces: np.ndarray) -> tuple[object, dict[int, int]]:
@@ -158,8 +147,7 @@ def test_search_recall_against_exact(big_gallery) -> None:
             "SELECT id, embedding FROM faces WHERE domain_id = %s", (dom.id,)).fetchall(), strict=True)
         matrix = np.stack([e.to_numpy() for e in embs])
         people = rng.choice(len(centres), size=100, replace=False)
-        queries = centres[people] + 0.2 * rng.normal(size=(100, DIM)) / np.sqrt(DIM)
-        queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+        queries = near(rng, centres[people])
         exact = [ids[i] for i in np.argmax(queries @ matrix.T, axis=1)]
         found = gallery.search(dom, MODEL, queries, k=1, threshold=2.0)
         agree += sum(bool(f) and f[0].face_id == e for f, e in zip(found, exact, strict=True))
