@@ -62,9 +62,12 @@ def main() -> None:
                  f" REFERENCES persons(id), embedding vector({DIM}))")
 
     data = {}
+    mean = rng.normal(size=DIM)
+    mean /= np.linalg.norm(mean)
     build = {"facesearch": 0.0, "seed": 0.0}
     for name, n in sizes.items():
-        centres, faces = clustered(rng, max(1, n // per), per)
+        # One shared distribution: other tenants' faces look like this one's, as real faces do.
+        centres, faces = clustered(rng, max(1, n // per), per, mean=mean)
         data[name] = (centres, faces)
         for d in gallery.list_domains():
             if d.name == name:

@@ -14,7 +14,7 @@ from pgvector.psycopg import register_vector
 from ..config import Settings
 from ..errors import StoreError
 from .embedded import start_embedded
-from .gallery import Domain, Gallery, Match, NewFace
+from .gallery import EF_SEARCH, Domain, Gallery, Match, NewFace
 from .migrate import ensure_vector_extension, migrate
 
 __all__ = ["Domain", "Gallery", "Match", "NewFace", "connect", "database_url", "open_gallery"]
@@ -47,6 +47,7 @@ def connect(url: str) -> psycopg.Connection:
         ensure_vector_extension(conn)
         migrate(conn)
         register_vector(conn)
+        conn.execute(f"SET hnsw.ef_search = {EF_SEARCH}")
     except BaseException:
         conn.close()
         raise

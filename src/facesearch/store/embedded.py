@@ -8,6 +8,7 @@ list of attached processes in the data directory).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -37,4 +38,30 @@ def start_embedded(pgdata: Path) -> str:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        _tune(conn)
     return server.get_uri(database=DATABASE)
+
+
+def _tune(conn: psycopg.Connection) -> None:
+    """Size the embedded server for a vector workload, once (ALTER SYSTEM persists it).
+
+    initdb's 128 MB of shared buffers cannot hold the HNSW graphs of a few hundred thousand faces,
+    and each search then re-reads index pages; builds want room for the whole graph. Memory
+    settings apply from the next start of the server (every CLI run), the others at once.
+    """
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 4 << 30
+    wanted = {
+        "shared_buffers": f"{max(128, min(2048, ram // 8 >> 20))}MB",
+        "effective_cache_size": f"{max(512, min(8192, ram // 2 >> 20))}MB",
+        "maintenance_work_mem": f"{max(64, min(1024, ram // 16 >> 20))}MB",
+    }
+    done = {r[0] for r in conn.execute(
+        "SELECT name FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf'")}
+    missing = {k: v for k, v in wanted.items() if k not in done}
+    for name, value in missing.items():
+        conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    if missing:
+        conn.execute("SELECT pg_reload_conf()")

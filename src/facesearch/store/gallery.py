@@ -6,6 +6,7 @@ names, model ids, dimensions) are integers we generated, never user text.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +20,8 @@ from .. import names
 from ..errors import Conflict, NotFound
 from ..models import model_dim
 
-# HNSW candidates per scan. 100 keeps recall@1 >= 0.99 on 25k-face domains (see the EXPLAIN /
-# recall test) at well under a millisecond; pgvector's default is 40.
+# HNSW candidates per scan, set for each connection (store.connect). 100 keeps recall@1 >= 0.99 on
+# 25k-face domains (the EXPLAIN / recall test); pgvector's default is 40.
 EF_SEARCH = 100
 # Nearest faces fetched before keeping the best face per person: several faces of one person
 # must not crowd other people out of the top k.
@@ -253,8 +254,12 @@ class Gallery:
         """The HNSW index of one (domain, model): a partial expression index on the partition."""
         index = sql.Identifier(f"faces_d{domain.id}_m{model_id}_hnsw")
         self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x66616365, domain.id))
+        if self.conn.execute("SELECT to_regclass(%s)", (index.as_string(self.conn),)).fetchone()[0]:
+            return
+        # A build is much faster when the whole graph fits in memory (pgvector warns otherwise).
+        self.conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
         self.conn.execute(sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw ((embedding::vector({})) "
+            "CREATE INDEX {} ON {} USING hnsw ((embedding::vector({})) "
             "vector_cosine_ops) WHERE model_id = {}").format(
                 index, _partition(domain.id), sql.Literal(dim), sql.Literal(model_id)))
 
@@ -304,15 +309,16 @@ class Gallery:
         query = self.search_sql(model)
         _, dim = self.model(model)
         n = max(k * FACES_PER_MATCH, 20)
+        queries = [np.asarray(e, dtype=np.float32) for e in embeddings]
+        if any(q.shape != (dim,) for q in queries):
+            raise ValueError(f"query must have {dim} dimensions for model {model!r}")
         results = []
-        with self.conn.transaction():
-            self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
-                sql.Literal(max(EF_SEARCH, n))))
-            for emb in embeddings:
-                emb = np.asarray(emb, dtype=np.float32)
-                if emb.shape != (dim,):
-                    raise ValueError(f"query must have {dim} dimensions for model {model!r}")
-                rows = self.conn.execute(query, {"q": emb, "domain": domain.id, "n": n,
+        with contextlib.ExitStack() as stack:
+            if n > EF_SEARCH:  # the session's ef_search (see connect()) would cap the candidates
+                stack.enter_context(self.conn.transaction())
+                self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(n)))
+            for q in queries:
+                rows = self.conn.execute(query, {"q": q, "domain": domain.id, "n": n,
                                                  "threshold": threshold, "k": k}).fetchall()
                 results.append([Match(*r) for r in rows])
         return results
