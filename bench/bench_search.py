@@ -21,6 +21,7 @@ from pgvector.psycopg import register_vector
 
 from facesearch.config import Settings
 from facesearch.store import Gallery, NewFace, connect, database_url
+from facesearch.store.gallery import EF_SEARCH
 
 from .lfw import cpu_model
 from .synthetic import clustered, near
@@ -120,12 +121,14 @@ def main() -> None:
     def numpy_exact(q):
         return list(np.argsort(-(flat @ q))[:10] // per)
 
-    for fn in (ours, seeds, numpy_exact):  # warm up caches and plans
-        timed(fn, queries[:20])
     rows = []
-    for label, fn in (("facesearch (partition + HNSW)", ours),
-                      ("seed query (JOIN, domain filter)", seeds),
-                      ("NumPy exact, one domain in RAM", numpy_exact)):
+    for label, ef, fn in ((f"facesearch, ef_search {EF_SEARCH} (default)", EF_SEARCH, ours),
+                          ("facesearch, ef_search 40", 40, ours),
+                          ("seed query (JOIN, domain filter), ef_search 40", 40, seeds),
+                          ("NumPy exact, one domain in RAM", None, numpy_exact)):
+        if ef is not None:
+            gallery.conn.execute(f"SET hnsw.ef_search = {ef}")
+        timed(fn, queries[:20])
         found, ms = timed(fn, queries)
         r1 = np.mean([bool(f) and f[0] == e[0] for f, e in zip(found, exact, strict=True)])
         r10 = np.mean([len(set(f) & set(dict.fromkeys(e))) / len(set(dict.fromkeys(e)))

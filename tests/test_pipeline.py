@@ -128,3 +128,15 @@ def test_model_runtime_and_libpq_never_share_a_process(pool, db_url: str, lfw: P
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_cnn_detector_option(lfw: Path) -> None:
+    """dlib's MMOD CNN detector (slow on CPU: seconds per photo) finds the same face."""
+    from facesearch.inference import ModelPool, ModelSpec
+
+    data = read(lfw / "Colin_Powell" / "Colin_Powell_0001.jpg")
+    with ModelPool(ModelSpec(detector="cnn"), workers=1) as cnn:
+        a = cnn.analyze(data)
+    assert a.faces_found == 1
+    box = a.faces[0].box
+    assert 60 < box.x + box.w / 2 < 190 and a.faces[0].embedding.shape == (128,)
