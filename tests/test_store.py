@@ -217,3 +217,23 @@ def test_clear_error_when_server_unreachable(db_url: str) -> None:
     url = make_conninfo(db_url, host=host + "-missing")
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
         connect(url)
+
+
+def test_search_never_mixes_models(gallery: Gallery) -> None:
+    """Faces of another model with the same dimension sit in the same domain; a search with one
+    model never returns them (rule 4)."""
+    dom = gallery.create_domain("store-models")
+    pid = gallery.person_id(dom, "Ana", create=True)
+    emb = np.eye(DIM, dtype=np.float32)[0]
+    gallery.add_faces(dom, MODEL, [NewFace(pid, emb, (0, 0, 1, 1), 1.0, b"\1" * 32)])
+    other = gallery.conn.execute(
+        "INSERT INTO models (name, dim) VALUES ('other-model-128', %s) RETURNING id", (DIM,)).fetchone()[0]
+    impostor = gallery.person_id(dom, "Other model", create=True)
+    gallery.conn.execute(
+        "INSERT INTO faces (domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
+        " photo_sha256) VALUES (%s, %s, %s, %s, 0, 0, 1, 1, %s)",
+        (dom.id, impostor, other, emb, b"\2" * 32))
+    matches = gallery.search(dom, MODEL, [emb], k=5, threshold=1.5)[0]
+    assert [m.person for m in matches] == ["Ana"]
+    gallery.delete_domain("store-models")
+    gallery.conn.execute("DELETE FROM models WHERE id = %s", (other,))

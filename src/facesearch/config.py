@@ -17,14 +17,14 @@ DEFAULT_THRESHOLD = 0.074
 DEFAULT_MODEL = "dlib-resnet-v1"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default: float, kind: type = int) -> float:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
-        raise SystemExit(f"{name} must be a whole number, not {value!r}") from None
+        raise SystemExit(f"error: {name} must be a number, not {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,16 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         """Read ``FACESEARCH_*`` variables; keyword overrides (from CLI options) win when not None."""
         home = os.environ.get("FACESEARCH_HOME") or platformdirs.user_data_dir("facesearch")
-        threshold = os.environ.get("FACESEARCH_THRESHOLD")
         settings = cls(
             home=Path(home),
             database_url=os.environ.get("FACESEARCH_DATABASE_URL") or None,
             model=os.environ.get("FACESEARCH_MODEL") or DEFAULT_MODEL,
             detector=os.environ.get("FACESEARCH_DETECTOR") or "hog",
             runtime=os.environ.get("FACESEARCH_RUNTIME") or "onnx",
-            threshold=float(threshold) if threshold else DEFAULT_THRESHOLD,
-            max_pixels=_env_int("FACESEARCH_MAX_PIXELS", 40_000_000),
-            max_faces=_env_int("FACESEARCH_MAX_FACES", 50),
-            workers=_env_int("FACESEARCH_WORKERS", os.cpu_count() or 1),
+            threshold=_env_number("FACESEARCH_THRESHOLD", DEFAULT_THRESHOLD, float),
+            max_pixels=int(_env_number("FACESEARCH_MAX_PIXELS", 40_000_000)),
+            max_faces=int(_env_number("FACESEARCH_MAX_FACES", 50)),
+            workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "home" in given:

@@ -98,9 +98,11 @@ class Gallery:
         """``(model_id, dim)`` of a model, registering it on first use."""
         if name not in self._models:
             dim = model_dim(name)
-            row = self.conn.execute(
-                "INSERT INTO models (name, dim) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
-                " SET name = EXCLUDED.name RETURNING id, dim", (name, dim)).fetchone()
+            row = self.conn.execute("SELECT id, dim FROM models WHERE name = %s", (name,)).fetchone()
+            if row is None:
+                row = self.conn.execute(
+                    "INSERT INTO models (name, dim) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+                    " SET name = EXCLUDED.name RETURNING id, dim", (name, dim)).fetchone()
             if row[1] != dim:
                 raise Conflict(f"model {name!r} is stored with dimension {row[1]}, not {dim}")
             self._models[name] = (row[0], row[1])
