@@ -243,3 +243,20 @@ def test_hostile_names(enrolled: dict, cli, gallery, lfw: Path, domain: str, per
                "--person", person, check=False)
     assert proc.returncode == 1 and "name" in proc.stderr and "Traceback" not in proc.stderr
     assert faces_in_db(gallery) == before
+
+
+def test_faces_list_and_delete(enrolled: dict, cli, gallery) -> None:
+    person = next(iter(enrolled["held_out"]))
+    faces = json.loads(cli("faces", "list", "--domain", DOMAIN, "--person", person, "--json").stdout)
+    assert len(faces) == 4
+    assert all(f["person"] == person and f["model"] == "dlib-resnet-v1" for f in faces)
+    cli("faces", "delete", "--domain", DOMAIN, str(faces[0]["id"]))
+    gone = gallery.conn.execute("SELECT count(*) FROM faces WHERE id = %s", (faces[0]["id"],))
+    assert gone.fetchone() == (0,)
+    left = json.loads(cli("faces", "list", "--domain", DOMAIN, "--person", person, "--json").stdout)
+    assert [f["id"] for f in left] == [f["id"] for f in faces[1:]]
+    proc = cli("faces", "delete", "--domain", DOMAIN, str(faces[0]["id"]), check=False)
+    assert proc.returncode == 1 and "no face" in proc.stderr
+    # Enrolling that photo again restores the face (the deletion forgot its hash too).
+    again = json.loads(cli("enroll", enrolled["root"], "--domain", DOMAIN, "--json").stdout)
+    assert again["enrolled"] == 1

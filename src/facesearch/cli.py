@@ -436,6 +436,45 @@ def people_delete(obj: Context, domain: str, names_: tuple[str, ...]) -> None:
         gallery.purge(dom)
 
 
+# -- faces ---------------------------------------------------------------------------------------
+
+@cli.group()
+def faces() -> None:
+    """List and delete single enrolled faces."""
+
+
+@faces.command("list")
+@click.option("--domain", "-d", required=True)
+@click.option("--person", "-p", help="Only this person's faces.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def faces_list(obj: Context, domain: str, person: str | None, as_json: bool) -> None:
+    with obj.gallery() as gallery:
+        rows = gallery.list_faces(gallery.get_domain(domain), person)
+    if as_json:
+        emit([{"id": f.id, "person": f.person, "model": f.model,
+               "box": dict(zip("xywh", f.box, strict=True)), "score": f.score,
+               "photo_sha256": f.photo_sha256, "created_at": f.created_at.isoformat()} for f in rows])
+        return
+    for f in rows:
+        click.echo(f"{f.id}\t{f.person}\t{f.model}\tphoto {f.photo_sha256[:12]}")
+    click.echo(f"{len(rows)} face(s)", err=True)
+
+
+@faces.command("delete")
+@click.option("--domain", "-d", required=True)
+@click.argument("face_ids", metavar="ID...", nargs=-1, required=True, type=int)
+@click.pass_obj
+def faces_delete(obj: Context, domain: str, face_ids: tuple[int, ...]) -> None:
+    """Delete faces by id (see ``faces list``); their embeddings are removed from disk."""
+    with obj.gallery() as gallery:
+        dom = gallery.get_domain(domain)
+        for face_id in face_ids:
+            gallery.delete_face(dom, face_id)
+            click.echo(f"deleted face {face_id} from {domain}")
+        gallery.purge(dom)
+
+
 # -- domains -------------------------------------------------------------------------------------
 
 @cli.group()
