@@ -67,10 +67,6 @@ def emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-def face_json(face: Face) -> dict[str, Any]:
-    return face.as_dict()
-
-
 class FacesearchGroup(click.Group):
     """Turns our errors into a clear message on stderr and exit code 1 (click keeps 2 for usage)."""
 
@@ -194,9 +190,13 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
 
         def flush() -> None:
             people.update(gallery.ensure_people(dom, {name for name, _, _ in pending}))
-            report.enrolled += gallery.add_faces(dom, model, [
+            added = gallery.add_faces(dom, model, [
                 NewFace(people[name], f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score, sha)
                 for name, f, sha in pending])
+            report.enrolled += added
+            # Rows skipped by the store were enrolled meanwhile (a concurrent run, or the same
+            # photo twice in this one).
+            report.already_enrolled += len(pending) - added
             pending.clear()
 
         def collect(fut: Future, name: str, path: Path, sha: bytes) -> None:
@@ -237,7 +237,6 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
                 bar.update()
         flush()
 
-    # Faces dropped by ON CONFLICT were enrolled by a concurrent run: count them as such.
     if as_json:
         emit(report.as_dict())
     else:
@@ -314,7 +313,7 @@ def _print_recognition(photo: Path, analysis: Analysis, results: list, domain: s
                        threshold: float, top_k: int, as_json: bool, one_line: bool) -> None:
     faces = []
     for face, matches in zip(analysis.faces, results, strict=True):
-        faces.append({**face_json(face), "matches": [
+        faces.append({**face.as_dict(), "matches": [
             {"person": m.person, "person_id": m.person_id, "face_id": m.face_id,
              "distance": round(m.distance, 5), "similarity": round(1 - m.distance, 5)}
             for m in matches]})
@@ -359,7 +358,7 @@ def verify(obj: Context, photo_a: Path, photo_b: Path, threshold: float | None,
     if as_json:
         emit({"same_person": same, "distance": round(distance, 5), "threshold": threshold,
               "model": obj.settings.model,
-              "faces": [{"photo": str(p), "faces_found": an.faces_found, **face_json(an.faces[0])}
+              "faces": [{"photo": str(p), "faces_found": an.faces_found, **an.faces[0].as_dict()}
                         for p, an in zip((photo_a, photo_b), analyses, strict=True)]})
     else:
         verdict = "same person" if same else "different people"
@@ -375,7 +374,7 @@ def detect(obj: Context, photo: Path, as_json: bool) -> None:
     with obj.pool(1) as pool:
         analysis = pool.result(obj.analyze(pool, photo, embed=False))
     if as_json:
-        emit({"faces": [face_json(f) for f in analysis.faces],
+        emit({"faces": [f.as_dict() for f in analysis.faces],
               "faces_found": analysis.faces_found,
               "image": {"width": analysis.width, "height": analysis.height}})
         return
