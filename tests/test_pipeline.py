@@ -140,3 +140,14 @@ def test_cnn_detector_option(lfw: Path) -> None:
     assert a.faces_found == 1
     box = a.faces[0].box
     assert 60 < box.x + box.w / 2 < 190 and a.faces[0].embedding.shape == (128,)
+
+
+def test_batch_matches_single_photos_and_keeps_errors_in_place(pool, lfw: Path) -> None:
+    photos = [read(p) for p in photos_of(lfw, "Colin_Powell")[:3]]
+    batch = [*photos[:2], b"not a photo", two_faces(lfw), photos[2]]
+    results = pool.result(pool.submit_batch(batch, max_pixels=10**8, max_faces=1))
+    assert isinstance(results[2], UnsupportedImage)
+    assert results[3].faces_found == 2 and len(results[3].faces) == 1
+    for i in (0, 1, 4):
+        single = pool.analyze(batch[i]).faces[0].embedding
+        assert np.abs(results[i].faces[0].embedding - single).max() < 1e-5

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -186,7 +187,10 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
         people = {p.name: p.id for p in gallery.list_people(dom, limit=10**9)}
         done = gallery.enrolled_hashes(dom, model)
         pending: list[tuple[str, Face, bytes]] = []
-        in_flight: dict[Future, tuple[str, Path, bytes]] = {}
+        # Photos go to the workers in small batches: one network call embeds a whole batch.
+        batch_size = max(1, min(8, len(items) // (pool.workers * 4)))
+        batch: list[tuple[str, Path, bytes, bytes]] = []
+        in_flight: deque[tuple[Future, list[tuple[str, Path, bytes]]]] = deque()
 
         def flush() -> None:
             people.update(gallery.ensure_people(dom, {name for name, _, _ in pending}))
@@ -199,21 +203,37 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
             report.already_enrolled += len(pending) - added
             pending.clear()
 
-        def collect(fut: Future, name: str, path: Path, sha: bytes) -> None:
-            try:
-                analysis = pool.result(fut)
-            except FacesearchError as exc:
-                report.unreadable.append(f"{path}: {exc.message}")
-                return
-            if not analysis.faces:
+        def take(name: str, path: Path, sha: bytes, result: Analysis | FacesearchError) -> None:
+            if isinstance(result, FacesearchError):
+                report.unreadable.append(f"{path}: {result.message}")
+            elif not result.faces:
                 report.no_face.append(str(path))
-                return
-            if analysis.faces_found > 1:
-                report.several_faces.append(f"{path} ({analysis.faces_found} faces)")
-            report.people.add(name)
-            pending.append((name, analysis.faces[0], sha))  # largest face first
-            if len(pending) >= 256:
-                flush()
+            else:
+                if result.faces_found > 1:
+                    report.several_faces.append(f"{path} ({result.faces_found} faces)")
+                report.people.add(name)
+                pending.append((name, result.faces[0], sha))  # the largest face
+                if len(pending) >= 256:
+                    flush()
+
+        def collect() -> None:
+            future, members = in_flight.popleft()
+            try:
+                results = pool.result(future)
+            except FacesearchError as exc:  # the worker died: the batch is lost, not the run
+                results = [exc] * len(members)
+            for member, result in zip(members, results, strict=True):
+                take(*member, result)
+            bar.update(len(members))
+
+        def send() -> None:
+            # Only the largest face is enrolled, so only it is embedded (faces_found counts all).
+            future = pool.submit_batch([data for *_, data in batch],
+                                       max_pixels=obj.settings.max_pixels, max_faces=1)
+            in_flight.append((future, [(n, p, h) for n, p, h, _ in batch]))
+            batch.clear()
+            if len(in_flight) > pool.workers * 2:
+                collect()
 
         with tqdm(total=len(items), desc=f"enrolling into {domain}", unit="photo",
                   file=sys.stderr, disable=None) as bar:
@@ -225,16 +245,13 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
                     report.people.add(name)
                     bar.update()
                     continue
-                fut = pool.submit(data, max_pixels=obj.settings.max_pixels,
-                                  max_faces=obj.settings.max_faces)
-                in_flight[fut] = (name, path, sha)
-                if len(in_flight) >= pool.workers * 4:
-                    first = next(iter(in_flight))
-                    collect(first, *in_flight.pop(first))
-                    bar.update()
-            for fut, args in in_flight.items():
-                collect(fut, *args)
-                bar.update()
+                batch.append((name, path, sha, data))
+                if len(batch) >= batch_size:
+                    send()
+            if batch:
+                send()
+            while in_flight:
+                collect()
         flush()
 
     if as_json:

@@ -13,10 +13,13 @@ import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
+from typing import TypeVar
 
-from ..errors import ModelError
+from ..errors import FacesearchError, ModelError
 from ..models.base import Analysis
 from . import worker
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,18 @@ class ModelPool:
             self._reset(executor)
             return self._get_executor().submit(worker.analyze, data, max_pixels, max_faces, embed)
 
-    def result(self, future: Future[Analysis]) -> Analysis:
+    def submit_batch(self, photos: list[bytes], *, max_pixels: int,
+                     max_faces: int) -> Future[list[Analysis | FacesearchError]]:
+        """Queue several photos as one task (one embedding call for all their faces); each
+        photo's result is an :class:`Analysis` or the FacesearchError it raised."""
+        executor = self._get_executor()
+        try:
+            return executor.submit(worker.analyze_batch, photos, max_pixels, max_faces)
+        except BrokenProcessPool:
+            self._reset(executor)
+            return self._get_executor().submit(worker.analyze_batch, photos, max_pixels, max_faces)
+
+    def result(self, future: Future[T]) -> T:
         """Wait for a submitted photo; a dead worker becomes a :class:`ModelError`."""
         try:
             return future.result()

@@ -73,6 +73,11 @@ class FaceModel(ABC):
     def embed(self, image: np.ndarray, faces: list[Face]) -> None:
         """Fill ``face.embedding`` (L2-normalized float32 of length ``dim``) for each face."""
 
+    def embed_batch(self, items: list[tuple[np.ndarray, list[Face]]]) -> None:
+        """:meth:`embed` for the faces of several images; models that batch override this."""
+        for image, faces in items:
+            self.embed(image, faces)
+
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Row-wise unit length, so cosine distance is ``1 - dot``."""

@@ -99,12 +99,21 @@ class DlibResNet(FaceModel):
     # -- embedding -----------------------------------------------------------------------------
 
     def embed(self, image: np.ndarray, faces: list[Face]) -> None:
+        self.embed_batch([(image, faces)])
+
+    def embed_batch(self, items: list[tuple[np.ndarray, list[Face]]]) -> None:
+        """One network call for the faces of all ``items`` (enrollment sends several photos)."""
+        chips, faces = [], []
+        for image, image_faces in items:
+            if not image_faces:
+                continue
+            shapes = dlib.full_object_detections()
+            for face in image_faces:
+                shapes.append(_shape_from_landmarks(face))
+            chips += dlib.get_face_chips(image, shapes, size=CHIP_SIZE, padding=CHIP_PADDING)
+            faces += image_faces
         if not faces:
             return
-        shapes = dlib.full_object_detections()
-        for face in faces:
-            shapes.append(_shape_from_landmarks(face))
-        chips = dlib.get_face_chips(image, shapes, size=CHIP_SIZE, padding=CHIP_PADDING)
         if self._onnx is not None:
             vectors = self._onnx.embed(np.stack([np.asarray(c) for c in chips]))
         else:
