@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
@@ -61,26 +62,25 @@ class ModelPool:
                 self._executor = None
         broken.shutdown(wait=False, cancel_futures=True)
 
+    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Submit to the executor, replacing it first if a dead worker has broken it."""
+        executor = self._get_executor()
+        try:
+            return executor.submit(fn, *args)
+        except BrokenProcessPool:
+            self._reset(executor)
+            return self._get_executor().submit(fn, *args)
+
     def submit(self, data: bytes, *, max_pixels: int, max_faces: int,
                embed: bool = True) -> Future[Analysis]:
         """Queue one photo; the future's result is an :class:`Analysis` or a FacesearchError."""
-        executor = self._get_executor()
-        try:
-            return executor.submit(worker.analyze, data, max_pixels, max_faces, embed)
-        except BrokenProcessPool:
-            self._reset(executor)
-            return self._get_executor().submit(worker.analyze, data, max_pixels, max_faces, embed)
+        return self._submit(worker.analyze, data, max_pixels, max_faces, embed)
 
     def submit_batch(self, photos: list[bytes], *, max_pixels: int,
                      max_faces: int) -> Future[list[Analysis | FacesearchError]]:
         """Queue several photos as one task (one embedding call for all their faces); each
         photo's result is an :class:`Analysis` or the FacesearchError it raised."""
-        executor = self._get_executor()
-        try:
-            return executor.submit(worker.analyze_batch, photos, max_pixels, max_faces)
-        except BrokenProcessPool:
-            self._reset(executor)
-            return self._get_executor().submit(worker.analyze_batch, photos, max_pixels, max_faces)
+        return self._submit(worker.analyze_batch, photos, max_pixels, max_faces)
 
     def result(self, future: Future[T]) -> T:
         """Wait for a submitted photo; a dead worker becomes a :class:`ModelError`."""

@@ -10,6 +10,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..errors import FacesearchError
 from ..imaging import decode_image
 from ..models.base import Analysis
@@ -38,24 +40,28 @@ def init(spec: dict[str, object]) -> None:
     )
 
 
-def analyze(data: bytes, max_pixels: int, max_faces: int, embed: bool = True) -> Analysis:
-    """Decode a photo, find its faces (largest first) and, if asked, embed the first ``max_faces``."""
+def _find(data: bytes, max_pixels: int, max_faces: int) -> tuple[np.ndarray, Analysis]:
+    """Decode and detect: the image, and its analysis without embeddings yet."""
     assert _model is not None, "worker not initialised"
     t0 = time.perf_counter()
     image = decode_image(data, max_pixels)
     t1 = time.perf_counter()
     faces = _model.detect(image)
     t2 = time.perf_counter()
-    found = len(faces)
-    faces = faces[:max_faces]
-    if embed:
-        _model.embed(image, faces)
-    t3 = time.perf_counter()
     height, width = image.shape[:2]
-    timings = {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3}
+    return image, Analysis(width=width, height=height, faces=faces[:max_faces],
+                           faces_found=len(faces),
+                           timings_ms={"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3})
+
+
+def analyze(data: bytes, max_pixels: int, max_faces: int, embed: bool = True) -> Analysis:
+    """Decode a photo, find its faces (largest first) and, if asked, embed the first ``max_faces``."""
+    image, analysis = _find(data, max_pixels, max_faces)
     if embed:
-        timings["embed"] = (t3 - t2) * 1e3
-    return Analysis(width=width, height=height, faces=faces, faces_found=found, timings_ms=timings)
+        t0 = time.perf_counter()
+        _model.embed(image, analysis.faces)
+        analysis.timings_ms["embed"] = (time.perf_counter() - t0) * 1e3
+    return analysis
 
 
 def analyze_batch(photos: list[bytes], max_pixels: int,
@@ -63,29 +69,20 @@ def analyze_batch(photos: list[bytes], max_pixels: int,
     """:func:`analyze` for several photos with one embedding call for all their faces. A photo
     that cannot be read gives its error in its place instead of failing the batch. ``embed`` in
     ``timings_ms`` is the batch's time shared out per face."""
-    assert _model is not None, "worker not initialised"
     results: list[Analysis | FacesearchError] = []
-    images = {}
-    for i, data in enumerate(photos):
+    found: list[tuple[np.ndarray, Analysis]] = []
+    for data in photos:
         try:
-            t0 = time.perf_counter()
-            image = decode_image(data, max_pixels)
-            t1 = time.perf_counter()
-            faces = _model.detect(image)
-            t2 = time.perf_counter()
+            image, analysis = _find(data, max_pixels, max_faces)
         except FacesearchError as exc:
             results.append(exc)
             continue
-        height, width = image.shape[:2]
-        images[i] = image
-        results.append(Analysis(width=width, height=height, faces=faces[:max_faces],
-                                faces_found=len(faces),
-                                timings_ms={"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3}))
-    done = {i: r for i, r in enumerate(results) if isinstance(r, Analysis)}
+        results.append(analysis)
+        found.append((image, analysis))
     t0 = time.perf_counter()
-    _model.embed_batch([(images[i], a.faces) for i, a in done.items()])
-    per_face = (time.perf_counter() - t0) * 1e3 / max(1, sum(len(a.faces) for a in done.values()))
-    for a in done.values():
+    _model.embed_batch([(image, a.faces) for image, a in found])
+    per_face = (time.perf_counter() - t0) * 1e3 / max(1, sum(len(a.faces) for _, a in found))
+    for _, a in found:
         a.timings_ms["embed"] = per_face * len(a.faces)
     return results
 

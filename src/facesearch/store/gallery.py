@@ -91,6 +91,7 @@ class Gallery:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._models: dict[str, tuple[int, int]] = {}
+        self._search_queries: dict[str, bytes] = {}  # per model, composed once (hot path)
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -308,7 +309,9 @@ class Gallery:
     def search(self, domain: Domain, model: str, embeddings: Iterable[np.ndarray], *, k: int,
                threshold: float) -> list[list[Match]]:
         """For each query embedding: up to ``k`` people, best face each, distance < threshold."""
-        query = self.search_sql(model)
+        if model not in self._search_queries:
+            self._search_queries[model] = self.search_sql(model).as_bytes(self.conn)
+        query = self._search_queries[model]
         _, dim = self.model(model)
         n = max(k * FACES_PER_MATCH, 20)
         queries = [np.asarray(e, dtype=np.float32) for e in embeddings]
