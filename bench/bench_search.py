@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import os
 import tempfile
 import time
@@ -20,7 +21,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from facesearch.config import Settings
-from facesearch.store import Gallery, NewFace, connect, database_url
+from facesearch.store import BlockingGallery, NewFace, database_url
 from facesearch.store.gallery import EF_SEARCH
 
 from .lfw import cpu_model
@@ -39,6 +40,17 @@ def timed(fn, queries) -> tuple[list, np.ndarray]:
     return out, np.array(times)
 
 
+async def atimed(fn, queries) -> tuple[list, np.ndarray]:
+    """:func:`timed` for a coroutine function, run inside the event loop as the HTTP service
+    awaits it (a blocking call per query would add the loop's entry and exit to each)."""
+    out, times = [], []
+    for q in queries:
+        t = time.perf_counter()
+        out.append(await fn(q))
+        times.append((time.perf_counter() - t) * 1e3)
+    return out, np.array(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--domain-faces", type=int, default=25_000)
@@ -53,7 +65,7 @@ def main() -> None:
     sizes = {"slovenia": args.domain_faces, "serbia": args.small_faces, "other": args.other_faces}
 
     url = database_url(Settings(home=home))
-    gallery = Gallery(connect(url))
+    gallery = BlockingGallery(url)  # the async Gallery, as the CLI runs it
     seed = psycopg.connect(url, autocommit=True)
     register_vector(seed)
     # The seed's schema and its HNSW index over all domains' faces.
@@ -103,8 +115,9 @@ def main() -> None:
     exact = np.argsort(-(queries @ flat.T), axis=1)[:, :10] // per  # person index of top 10
 
     # facesearch: top-10 people, threshold wide open so recall is measured, not the threshold.
-    def ours(q):
-        return [int(m.person[1:]) for m in gallery.search(dom, MODEL, [q], k=10, threshold=2.0)[0]]
+    async def ours(q):
+        found = await gallery.gallery.search(dom, MODEL, [q], k=10, threshold=2.0)
+        return [int(m.person[1:]) for m in found[0]]
 
     seed_sql = ("SELECT p.name, (f.embedding <=> %s) AS distance FROM face_embeddings f"
                 " JOIN persons p ON f.person_id = p.id WHERE p.domain = %s"
@@ -127,9 +140,13 @@ def main() -> None:
                           ("seed query (JOIN, domain filter), ef_search 40", 40, seeds),
                           ("NumPy exact, one domain in RAM", None, numpy_exact)):
         if ef is not None:
-            gallery.conn.execute(f"SET hnsw.ef_search = {ef}")
-        timed(fn, queries[:20])
-        found, ms = timed(fn, queries)
+            gallery.run(gallery.conn.execute(f"SET hnsw.ef_search = {ef}"))
+        if inspect.iscoroutinefunction(fn):
+            gallery.run(atimed(fn, queries[:20]))
+            found, ms = gallery.run(atimed(fn, queries))
+        else:
+            timed(fn, queries[:20])
+            found, ms = timed(fn, queries)
         r1 = np.mean([bool(f) and f[0] == e[0] for f, e in zip(found, exact, strict=True)])
         r10 = np.mean([len(set(f) & set(dict.fromkeys(e))) / len(set(dict.fromkeys(e)))
                        for f, e in zip(found, exact, strict=True)])
@@ -148,6 +165,8 @@ def main() -> None:
         print(f"| {label} | {p50:.2f} | {p99:.2f} | {r1:.3f} | {r10:.3f} |")
     print(f"\nload + index build: facesearch {build['facesearch']:.1f} s, seed {build['seed']:.1f} s")
     print(f"\nseed query plan:\n{plan}")
+    gallery.close()
+    seed.close()
 
 
 if __name__ == "__main__":

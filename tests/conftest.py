@@ -55,11 +55,21 @@ def db_url(settings: Settings) -> str:
 
 @pytest.fixture
 def gallery(db_url: str) -> Iterator:
-    from facesearch.store import Gallery, connect
+    """The async Gallery behind blocking calls (:class:`facesearch.store.BlockingGallery`)."""
+    from facesearch.store import BlockingGallery
+
+    with BlockingGallery(db_url) as g:
+        yield g
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator:
+    """A plain sync connection (pgvector registered) for checking the database in SQL."""
+    from facesearch.store import connect
 
     conn = connect(db_url)
     try:
-        yield Gallery(conn)
+        yield conn
     finally:
         conn.close()
 

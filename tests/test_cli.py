@@ -44,8 +44,8 @@ def recognize(cli, photo: Path, *args: str) -> dict:
     return json.loads(cli("recognize", photo, "--domain", DOMAIN, "--json", *args).stdout)
 
 
-def faces_in_db(gallery, domain: str = DOMAIN) -> int:
-    return gallery.conn.execute(
+def faces_in_db(db, domain: str = DOMAIN) -> int:
+    return db.execute(
         "SELECT count(*) FROM faces f JOIN domains d ON d.id = f.domain_id WHERE d.name = %s",
         (domain,)).fetchone()[0]
 
@@ -109,15 +109,15 @@ def test_recognize_json_shape_and_options(enrolled: dict, cli) -> None:
     assert person in text
 
 
-def test_reenrolling_is_a_no_op(enrolled: dict, cli, gallery) -> None:
-    before = faces_in_db(gallery)
+def test_reenrolling_is_a_no_op(enrolled: dict, cli, db) -> None:
+    before = faces_in_db(db)
     again = json.loads(cli("enroll", enrolled["root"], "--domain", DOMAIN, "--json").stdout)
     assert again["enrolled"] == 0
     assert again["already_enrolled"] == enrolled["summary"]["enrolled"]
-    assert faces_in_db(gallery) == before
+    assert faces_in_db(db) == before
 
 
-def test_enroll_photos_as_person_rename_and_delete(enrolled: dict, cli, gallery, lfw: Path) -> None:
+def test_enroll_photos_as_person_rename_and_delete(enrolled: dict, cli, db, lfw: Path) -> None:
     photos = photos_of(lfw, "Gerhard_Schroeder")[:3]
     out = json.loads(cli("enroll", *photos, "--domain", DOMAIN, "--person", "Gerhard", "--json").stdout)
     assert out["enrolled"] == 3
@@ -128,10 +128,10 @@ def test_enroll_photos_as_person_rename_and_delete(enrolled: dict, cli, gallery,
     result = recognize(cli, photos_of(lfw, "Gerhard_Schroeder")[5])
     assert result["faces"][0]["matches"][0]["person"] == "Gerhard Schröder"
 
-    pid = gallery.conn.execute("SELECT id FROM people WHERE name = 'Gerhard Schröder'").fetchone()[0]
+    pid = db.execute("SELECT id FROM people WHERE name = 'Gerhard Schröder'").fetchone()[0]
     cli("people", "delete", "--domain", DOMAIN, "Gerhard Schröder")
-    assert gallery.conn.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
-    assert gallery.conn.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
     result = recognize(cli, photos_of(lfw, "Gerhard_Schroeder")[5])
     assert all(m["person"] != "Gerhard Schröder" for m in result["faces"][0]["matches"])
 
@@ -189,29 +189,29 @@ def bad_files(tmp: Path, lfw: Path) -> dict[str, Path]:
     ("truncated.jpg", "truncated or corrupt"),
     ("huge.png", "megapixels, over the limit"),
 ])
-def test_bad_photos(enrolled: dict, cli, gallery, lfw: Path, tmp_path: Path, name: str,
+def test_bad_photos(enrolled: dict, cli, db, lfw: Path, tmp_path: Path, name: str,
                     message: str) -> None:
     path = bad_files(tmp_path, lfw)[name]
-    before = faces_in_db(gallery)
+    before = faces_in_db(db)
     for args in (("recognize", path, "--domain", DOMAIN),
                  ("enroll", path, "--domain", DOMAIN, "--person", "Bad Input"),
                  ("verify", path, path), ("detect", path)):
         proc = cli(*args, check=False)
         assert proc.returncode == 1, (args, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert faces_in_db(gallery) == before
+    assert faces_in_db(db) == before
 
 
-def test_photo_without_face(enrolled: dict, cli, gallery, lfw: Path, tmp_path: Path) -> None:
+def test_photo_without_face(enrolled: dict, cli, db, lfw: Path, tmp_path: Path) -> None:
     path = bad_files(tmp_path, lfw)["noface.png"]
-    before = faces_in_db(gallery)
+    before = faces_in_db(db)
     result = recognize(cli, path)
     assert result["faces"] == [] and result["faces_found"] == 0
     proc = cli("enroll", path, "--domain", DOMAIN, "--person", "Nobody", check=False)
     assert proc.returncode == 1 and "no face" in proc.stderr
     proc = cli("verify", path, lfw / "Tony_Blair" / "Tony_Blair_0001.jpg", check=False)
     assert proc.returncode == 1 and "no face found in" in proc.stderr
-    assert faces_in_db(gallery) == before
+    assert faces_in_db(db) == before
     assert "Nobody" not in cli("people", "list", "--domain", DOMAIN).stdout
 
 
@@ -237,21 +237,21 @@ def test_usage_errors_exit_2(cli, args: tuple[str, ...], message: str) -> None:
 @pytest.mark.parametrize("domain, person", [
     ("../../etc", "x"), ("a b", "x"), (DOMAIN, "bad\x07bell"), (DOMAIN, "x" * 300),
 ])
-def test_hostile_names(enrolled: dict, cli, gallery, lfw: Path, domain: str, person: str) -> None:
-    before = faces_in_db(gallery)
+def test_hostile_names(enrolled: dict, cli, db, lfw: Path, domain: str, person: str) -> None:
+    before = faces_in_db(db)
     proc = cli("enroll", lfw / "Tony_Blair" / "Tony_Blair_0001.jpg", "--domain", domain,
                "--person", person, check=False)
     assert proc.returncode == 1 and "name" in proc.stderr and "Traceback" not in proc.stderr
-    assert faces_in_db(gallery) == before
+    assert faces_in_db(db) == before
 
 
-def test_faces_list_and_delete(enrolled: dict, cli, gallery) -> None:
+def test_faces_list_and_delete(enrolled: dict, cli, db) -> None:
     person = next(iter(enrolled["held_out"]))
     faces = json.loads(cli("faces", "list", "--domain", DOMAIN, "--person", person, "--json").stdout)
     assert len(faces) == 4
     assert all(f["person"] == person and f["model"] == "dlib-resnet-v1" for f in faces)
     cli("faces", "delete", "--domain", DOMAIN, str(faces[0]["id"]))
-    gone = gallery.conn.execute("SELECT count(*) FROM faces WHERE id = %s", (faces[0]["id"],))
+    gone = db.execute("SELECT count(*) FROM faces WHERE id = %s", (faces[0]["id"],))
     assert gone.fetchone() == (0,)
     left = json.loads(cli("faces", "list", "--domain", DOMAIN, "--person", person, "--json").stdout)
     assert [f["id"] for f in left] == [f["id"] for f in faces[1:]]

@@ -32,9 +32,8 @@ def test_started_reused_and_stopped(tmp_path: Path) -> None:
     assert not (pgdata / "postmaster.pid").exists()
 
 
-def test_versions(gallery) -> None:
+def test_versions(db) -> None:
     """PostgreSQL 18 and pgvector >= 0.8 (iterative scans, the partition-pruned HNSW plans)."""
-    conn = gallery.conn
-    assert conn.info.server_version >= 180000
-    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    assert db.info.server_version >= 180000
+    version = db.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
     assert tuple(int(x) for x in version[0].split(".")[:2]) >= (0, 8)

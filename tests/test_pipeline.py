@@ -113,9 +113,9 @@ def test_model_runtime_and_libpq_never_share_a_process(pool, db_url: str, lfw: P
     script = textwrap.dedent(f"""
         import sys
         from facesearch.inference import ModelPool, ModelSpec
-        from facesearch.store import Gallery, connect
+        from facesearch.store import BlockingGallery
         if __name__ == "__main__":
-            gallery = Gallery(connect({db_url!r}))
+            gallery = BlockingGallery({db_url!r})
             gallery.list_domains()
             with ModelPool(ModelSpec(), workers=1) as pool:
                 assert pool.analyze(open({str(lfw / "Colin_Powell" / "Colin_Powell_0001.jpg")!r},

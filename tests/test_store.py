@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import itertools
 
@@ -12,14 +14,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.synthetic import clustered, near
 from facesearch.errors import Conflict, InvalidName, NotFound, StoreError
-from facesearch.store import Gallery, NewFace, connect
+from facesearch.store import BlockingGallery, Gallery, GalleryCache, NewFace, connect, open_pool
 from facesearch.store.migrate import migrations
 
 MODEL = "dlib-resnet-v1"
 DIM = 128
 
 
-def fill(gallery: Gallery, domain: str, faces: np.ndarray) -> tuple[object, dict[int, int]]:
+def fill(gallery: BlockingGallery, domain: str, faces: np.ndarray) -> tuple[object, dict[int, int]]:
     """Create a domain with one person per row of ``faces``; returns (domain, person_id -> row)."""
     dom = gallery.create_domain(domain)
     ids = gallery.ensure_people(dom, [f"person {i}" for i in range(len(faces))])
@@ -30,14 +32,15 @@ def fill(gallery: Gallery, domain: str, faces: np.ndarray) -> tuple[object, dict
         for j, emb in enumerate(person_faces):
             sha = hashlib.sha256(f"{domain}/{i}/{j}".encode()).digest()
             rows.append(NewFace(pid, emb, (0, 0, 100, 100), 1.0, sha))
-    assert gallery.add_faces(dom, MODEL, rows) == len(rows)
+    ids = gallery.add_faces(dom, MODEL, rows)
+    assert None not in ids and len(set(ids)) == len(rows)
     return dom, index
 
 
-def explain(gallery: Gallery, dom, query: np.ndarray) -> str:
-    stmt = gallery.search_sql(MODEL).as_string(gallery.conn)
-    rows = gallery.conn.execute("EXPLAIN " + stmt, {"q": query, "domain": dom.id, "n": 20,
-                                                    "threshold": 0.5, "k": 5}).fetchall()
+def explain(gallery: BlockingGallery, db: psycopg.Connection, dom, query: np.ndarray) -> str:
+    stmt = gallery.search_sql(MODEL).as_string(db)
+    rows = db.execute("EXPLAIN " + stmt, {"q": query, "domain": dom.id, "n": 20,
+                                          "threshold": 0.5, "k": 5}).fetchall()
     return "\n".join(r[0] for r in rows)
 
 
@@ -49,7 +52,7 @@ def test_migrations_apply_once(db_url: str) -> None:
         assert versions == [v for v, _, _ in migrations()]
 
 
-def test_domains_people_and_faces(gallery: Gallery) -> None:
+def test_domains_people_and_faces(gallery: BlockingGallery, db: psycopg.Connection) -> None:
     rng = np.random.default_rng(1)
     _, faces = clustered(rng, 3, 2)
     dom, _ = fill(gallery, "store-basics", faces)
@@ -72,14 +75,14 @@ def test_domains_people_and_faces(gallery: Gallery) -> None:
     pid = gallery.person_id(dom, "Ana Novak")
     again = NewFace(pid, faces[0, 0], (0, 0, 100, 100), 1.0,
                     hashlib.sha256(b"store-basics/0/0").digest())
-    assert gallery.add_faces(dom, MODEL, [again]) == 0
+    assert gallery.add_faces(dom, MODEL, [again]) == [None]
     assert (pid, again.photo_sha256) in gallery.enrolled_hashes(dom, MODEL)
 
     # Deleting a person deletes its faces, checked in SQL.
     assert gallery.delete_person(dom, "Ana Novak") == 2
-    count = gallery.conn.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone()
+    count = db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone()
     assert count == (0,)
-    assert gallery.conn.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
     gallery.purge(dom)
 
     face = gallery.list_faces(dom, "person 1")[0]
@@ -90,13 +93,13 @@ def test_domains_people_and_faces(gallery: Gallery) -> None:
     # Deleting the domain drops its partition: the embeddings are gone from disk.
     info = gallery.delete_domain("store-basics")
     assert (info.people, info.faces) == (2, 3)
-    part = gallery.conn.execute("SELECT to_regclass(%s)", (f"faces_d{dom.id}",)).fetchone()
+    part = db.execute("SELECT to_regclass(%s)", (f"faces_d{dom.id}",)).fetchone()
     assert part == (None,)
     with pytest.raises(NotFound):
         gallery.get_domain("store-basics")
 
 
-def test_wrong_dimension_is_refused(gallery: Gallery) -> None:
+def test_wrong_dimension_is_refused(gallery: BlockingGallery) -> None:
     dom = gallery.create_domain("store-dims")
     pid = gallery.person_id(dom, "x", create=True)
     with pytest.raises(ValueError, match="128"):
@@ -110,8 +113,8 @@ def test_wrong_dimension_is_refused(gallery: Gallery) -> None:
 @pytest.fixture(scope="module")
 def big_gallery(db_url: str):
     """>= 25,000 faces over four domains of different sizes (one small, like the seed's serbia)."""
+    gallery = BlockingGallery(db_url)
     conn = connect(db_url)
-    gallery = Gallery(conn)
     rng = np.random.default_rng(7)
     sizes = {"scale-a": 3000, "scale-b": 2000, "scale-c": 1250, "scale-d": 250}  # people, 4 faces
     domains = {}
@@ -124,14 +127,15 @@ def big_gallery(db_url: str):
     for name in sizes:
         gallery.delete_domain(name)
     conn.close()
+    gallery.close()
 
 
-def test_search_uses_the_domain_partition_and_its_vector_index(big_gallery) -> None:
+def test_search_uses_the_domain_partition_and_its_vector_index(big_gallery, db) -> None:
     gallery, domains, _ = big_gallery
-    total = gallery.conn.execute("SELECT count(*) FROM faces").fetchone()[0]
+    total = db.execute("SELECT count(*) FROM faces").fetchone()[0]
     assert total >= 25_000
     for name, (dom, centres, _, _) in domains.items():
-        plan = explain(gallery, dom, centres[0].astype(np.float32))
+        plan = explain(gallery, db, dom, centres[0].astype(np.float32))
         scanned = {f"faces_d{d.id}" for d, *_ in domains.values() if f"faces_d{d.id} " in plan}
         assert scanned == {f"faces_d{dom.id}"}, f"{name}: other domains' rows scanned:\n{plan}"
         if name != "scale-d":  # 1,000 faces: the planner may rightly prefer reading them all
@@ -139,11 +143,11 @@ def test_search_uses_the_domain_partition_and_its_vector_index(big_gallery) -> N
             assert "Seq Scan" not in plan, plan
 
 
-def test_search_recall_against_exact(big_gallery) -> None:
+def test_search_recall_against_exact(big_gallery, db) -> None:
     gallery, domains, rng = big_gallery
     agree = total = 0
     for dom, centres, _, _ in domains.values():
-        ids, embs = zip(*gallery.conn.execute(
+        ids, embs = zip(*db.execute(
             "SELECT id, embedding FROM faces WHERE domain_id = %s", (dom.id,)).fetchall(), strict=True)
         matrix = np.stack([e.to_numpy() for e in embs])
         people = rng.choice(len(centres), size=100, replace=False)
@@ -167,20 +171,19 @@ def test_search_returns_best_face_per_person_under_threshold(big_gallery) -> Non
     assert [index[m.person_id] for m in tight] == [5]
 
 
-def test_recognize_face_sql_function(big_gallery) -> None:
+def test_recognize_face_sql_function(big_gallery, db) -> None:
     gallery, domains, _ = big_gallery
     dom, _, faces, _ = domains["scale-a"]
     for query in faces[:20, 1]:
-        rows = gallery.conn.execute("SELECT * FROM recognize_face(%s, %s, %s, %s)",
-                                    (query, "scale-a", 0.3, 3)).fetchall()
+        rows = db.execute("SELECT * FROM recognize_face(%s, %s, %s, %s)",
+                          (query, "scale-a", 0.3, 3)).fetchall()
         ours = gallery.search(dom, MODEL, [query], k=3, threshold=0.3)[0]
         assert [(r[0], r[2]) for r in rows] == [(m.person_id, m.face_id) for m in ours]
         assert np.allclose([r[3] for r in rows], [m.distance for m in ours], atol=1e-6)
     with pytest.raises(psycopg.errors.NoDataFound, match="unknown domain"):
-        gallery.conn.execute("SELECT * FROM recognize_face(%s, 'nowhere', 0.3, 3)", (faces[0, 0],))
+        db.execute("SELECT * FROM recognize_face(%s, 'nowhere', 0.3, 3)", (faces[0, 0],))
     with pytest.raises(psycopg.errors.DataException, match="dimensions"):
-        gallery.conn.execute("SELECT * FROM recognize_face(%s, 'scale-a', 0.3, 3)",
-                             (np.ones(512, np.float32),))
+        db.execute("SELECT * FROM recognize_face(%s, 'scale-a', 0.3, 3)", (np.ones(512, np.float32),))
 
 
 def test_external_url_is_used_as_given(db_url: str) -> None:
@@ -219,21 +222,189 @@ def test_clear_error_when_server_unreachable(db_url: str) -> None:
         connect(url)
 
 
-def test_search_never_mixes_models(gallery: Gallery) -> None:
+def test_search_never_mixes_models(gallery: BlockingGallery, db: psycopg.Connection) -> None:
     """Faces of another model with the same dimension sit in the same domain; a search with one
     model never returns them (rule 4)."""
     dom = gallery.create_domain("store-models")
     pid = gallery.person_id(dom, "Ana", create=True)
     emb = np.eye(DIM, dtype=np.float32)[0]
     gallery.add_faces(dom, MODEL, [NewFace(pid, emb, (0, 0, 1, 1), 1.0, b"\1" * 32)])
-    other = gallery.conn.execute(
+    other = db.execute(
         "INSERT INTO models (name, dim) VALUES ('other-model-128', %s) RETURNING id", (DIM,)).fetchone()[0]
     impostor = gallery.person_id(dom, "Other model", create=True)
-    gallery.conn.execute(
+    db.execute(
         "INSERT INTO faces (domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
         " photo_sha256) VALUES (%s, %s, %s, %s, 0, 0, 1, 1, %s)",
         (dom.id, impostor, other, emb, b"\2" * 32))
     matches = gallery.search(dom, MODEL, [emb], k=5, threshold=1.5)[0]
     assert [m.person for m in matches] == ["Ana"]
     gallery.delete_domain("store-models")
-    gallery.conn.execute("DELETE FROM models WHERE id = %s", (other,))
+    db.execute("DELETE FROM models WHERE id = %s", (other,))
+
+
+def test_search_many_queries_and_candidates(big_gallery) -> None:
+    """Several embeddings in one call (pipelined), and a k whose candidates exceed ef_search (the
+    SET LOCAL branch): the same answers as one query at a time."""
+    gallery, domains, _ = big_gallery
+    dom, _, faces, index = domains["scale-b"]
+    queries = faces[:50, 0]
+    together = gallery.search(dom, MODEL, queries, k=30, threshold=2.0)
+    alone = [gallery.search(dom, MODEL, [q], k=30, threshold=2.0)[0] for q in queries[:5]]
+    assert together[:5] == alone
+    for matches in together:
+        assert len(matches) == 30 and len({m.person_id for m in matches}) == 30
+        assert all(a.distance <= b.distance for a, b in itertools.pairwise(matches))
+    # Approximate search: a stored face finds itself nearly always (not always: see recall).
+    found = sum(index[m[0].person_id] == i and m[0].distance < 1e-5 for i, m in enumerate(together))
+    assert found >= 45, f"{found}/50 stored faces found themselves"
+    assert gallery.search(dom, MODEL, [], k=5, threshold=0.5) == []
+
+
+def test_person_ids_stay_in_their_domain(gallery: BlockingGallery, db: psycopg.Connection) -> None:
+    """A person id is global, so each operation by id must check the domain: an id of domain B
+    asked through domain A is NotFound, and B's person is left untouched."""
+    a = gallery.create_domain("store-ids-a")
+    b = gallery.create_domain("store-ids-b")
+    bea = gallery.create_person(b, "Bea", {"team": "b"})
+    emb = np.eye(DIM, dtype=np.float32)[1]
+    gallery.add_faces(b, MODEL, [NewFace(bea.id, emb, (0, 0, 1, 1), 1.0, b"\3" * 32)])
+    for call in (lambda: gallery.get_person(a, bea.id),
+                 lambda: gallery.rename_person(a, bea.id, "Mallory"),
+                 lambda: gallery.set_metadata(a, bea.id, {"owned": True}),
+                 lambda: gallery.delete_person(a, bea.id),
+                 lambda: gallery.list_faces(a, bea.id),
+                 lambda: gallery.person_id(a, bea.id)):
+        with pytest.raises(NotFound, match=f"with id {bea.id} in domain 'store-ids-a'"):
+            call()
+    with pytest.raises(NotFound, match="no person named 'Bea'"):
+        gallery.get_person(a, "Bea")
+    assert gallery.get_person(b, bea.id) == dataclasses.replace(bea, faces=1)
+    assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (bea.id,)).fetchone() == (1,)
+
+    # By id in its own domain: the same person as by name; updates return the updated person.
+    assert gallery.get_person(b, "Bea") == gallery.get_person(b, bea.id)
+    assert gallery.rename_person(b, bea.id, "Beatrix").name == "Beatrix"
+    assert gallery.set_metadata(b, "Beatrix", {"team": "c"}).metadata == {"team": "c"}
+    faces = gallery.list_faces(b, bea.id)
+    assert [(f.person_id, f.person) for f in faces] == [(bea.id, "Beatrix")]
+    assert gallery.delete_person(b, bea.id) == 1
+    with pytest.raises(NotFound):
+        gallery.get_person(b, bea.id)
+    with pytest.raises(TypeError):
+        gallery.get_person(b, 1.5)
+    gallery.delete_domain("store-ids-a")
+    gallery.delete_domain("store-ids-b")
+
+
+def test_create_and_count_people(gallery: BlockingGallery) -> None:
+    dom = gallery.create_domain("store-people")
+    ana = gallery.create_person(dom, "  Ana Novak ", {"employee": 7})
+    assert (ana.name, ana.faces, ana.metadata) == ("Ana Novak", 0, {"employee": 7})
+    with pytest.raises(Conflict, match="already has a person named 'Ana Novak'"):
+        gallery.create_person(dom, "Ana Novak")
+    with pytest.raises(InvalidName):
+        gallery.create_person(dom, "")
+    assert gallery.create_person(dom, "Bojan").metadata == {}
+    gallery.ensure_people(dom, [f"extra {i}" for i in range(5)])
+    assert gallery.count_people(dom) == 7
+    assert gallery.count_people(dom, search="NOV") == 1
+    assert gallery.count_people(dom, search="extra") == len(gallery.list_people(dom, search="extra"))
+    page = gallery.list_people(dom, limit=3, offset=3)
+    assert [p.name for p in page] == ["extra 1", "extra 2", "extra 3"]
+    other = gallery.create_domain("store-people-2")
+    assert gallery.create_person(other, "Ana Novak").id != ana.id  # names are per domain
+    assert gallery.count_people(other) == 1
+    gallery.delete_domain("store-people")
+    gallery.delete_domain("store-people-2")
+
+
+def test_add_faces_returns_new_ids_and_none_for_duplicates(gallery: BlockingGallery) -> None:
+    dom = gallery.create_domain("store-add")
+    pid = gallery.person_id(dom, "Ana", create=True)
+    eye = np.eye(DIM, dtype=np.float32)
+
+    def face(i: int, photo: bytes) -> NewFace:
+        return NewFace(pid, eye[i], (i, 0, 10, 10), 0.9, hashlib.sha256(photo).digest())
+
+    first = gallery.add_faces(dom, MODEL, [face(0, b"p0"), face(1, b"p1")])
+    assert None not in first
+    # Stored already; new; the new one again in the same batch; new.
+    again = gallery.add_faces(dom, MODEL, [face(0, b"p0"), face(2, b"p2"), face(2, b"p2"),
+                                           face(3, b"p3")])
+    assert again[0] is None and again[2] is None and None not in (again[1], again[3])
+    assert gallery.add_faces(dom, MODEL, []) == []
+    rows = gallery.list_faces(dom, pid)
+    assert [f.id for f in rows] == sorted([*first, again[1], again[3]])
+    assert {f.id: f.box[0] for f in rows} == {first[0]: 0, first[1]: 1, again[1]: 2, again[3]: 3}
+    assert {f.person_id for f in rows} == {pid}
+    gallery.delete_domain("store-add")
+
+
+def test_api_keys(gallery: BlockingGallery, db: psycopg.Connection) -> None:
+    a = gallery.create_domain("store-keys-a")
+    b = gallery.create_domain("store-keys-b")
+    key, secret = gallery.create_key(a, "ci runner")
+    assert secret.startswith("fsk_") and len(secret) > 40 and key.prefix == secret[:12]
+    assert (key.name, key.last_used_at) == ("ci runner", None)
+    assert gallery.key_domain(secret) == "store-keys-a"
+
+    # The listing tells keys apart by prefix; neither the secret nor its hash is in it or stored.
+    listed = gallery.list_keys(a)
+    assert [k.id for k in listed] == [key.id] and listed[0].last_used_at is not None
+    assert {f.name for f in dataclasses.fields(listed[0])} == {
+        "id", "name", "prefix", "created_at", "last_used_at"}
+    assert secret not in repr(listed)
+    stored = db.execute("SELECT key_sha256, prefix FROM api_keys WHERE id = %s", (key.id,)).fetchone()
+    assert bytes(stored[0]) == hashlib.sha256(secret.encode()).digest() and stored[1] == secret[:12]
+    assert gallery.list_keys(b) == []
+
+    for bad in ("", "fsk_", secret + "x", "fsk_" + "A" * 43, secret[:-1]):
+        assert gallery.key_domain(bad) is None
+    with pytest.raises(InvalidName):
+        gallery.create_key(a, " ")
+
+    # Another domain cannot revoke it; its own domain can.
+    with pytest.raises(NotFound):
+        gallery.revoke_key(b, key.id)
+    assert gallery.key_domain(secret) == "store-keys-a"
+    gallery.revoke_key(a, key.id)
+    assert gallery.key_domain(secret) is None
+    with pytest.raises(NotFound):
+        gallery.revoke_key(a, key.id)
+
+    # Deleting a domain deletes its keys.
+    kept, kept_secret = gallery.create_key(b, "b's key")
+    assert gallery.key_domain(kept_secret) == "store-keys-b"
+    gallery.delete_domain("store-keys-b")
+    assert gallery.key_domain(kept_secret) is None
+    assert db.execute("SELECT count(*) FROM api_keys WHERE id = %s", (kept.id,)).fetchone() == (0,)
+    gallery.delete_domain("store-keys-a")
+
+
+def test_galleries_on_a_pool_share_a_cache_and_search_concurrently(
+        gallery: BlockingGallery, db_url: str) -> None:
+    """The service's way: a cheap Gallery per task on a pooled connection, one shared cache."""
+    rng = np.random.default_rng(3)
+    _, faces = clustered(rng, 40, 2)
+    dom, index = fill(gallery, "store-pool", faces)
+
+    async def main() -> tuple[list[list], GalleryCache]:
+        pool = open_pool(db_url, min_size=2, max_size=4)
+        await pool.open(wait=True)
+        cache = GalleryCache()
+        try:
+            async def one(i: int) -> list:
+                async with pool.connection() as conn:
+                    return (await Gallery(conn, cache).search(dom, MODEL, [faces[i, 1]], k=3,
+                                                              threshold=0.5))[0]
+
+            results = await asyncio.gather(*(one(i) for i in range(len(faces))))
+        finally:
+            await pool.close()
+        return results, cache
+
+    results, cache = asyncio.run(main())
+    assert [index[r[0].person_id] for r in results] == list(range(len(faces)))
+    assert all(r[0].distance < 1e-5 for r in results)
+    assert set(cache.models) == {MODEL} and set(cache.search_queries) == {MODEL}
+    gallery.delete_domain("store-pool")

@@ -27,7 +27,7 @@ from .errors import FacesearchError, NoFace
 if TYPE_CHECKING:
     from .inference import ModelPool
     from .models.base import Analysis, Face
-    from .store import Gallery
+    from .store import BlockingGallery
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -52,7 +52,7 @@ class Context:
             yield pool
 
     @contextmanager
-    def gallery(self) -> Iterator[Gallery]:
+    def gallery(self) -> Iterator[BlockingGallery]:
         from .store import open_gallery
 
         with open_gallery(self.settings) as gallery:
@@ -194,9 +194,10 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
 
         def flush() -> None:
             people.update(gallery.ensure_people(dom, {name for name, _, _ in pending}))
-            added = gallery.add_faces(dom, model, [
+            ids = gallery.add_faces(dom, model, [
                 NewFace(people[name], f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score, sha)
                 for name, f, sha in pending])
+            added = sum(i is not None for i in ids)
             report.enrolled += added
             # Rows skipped by the store were enrolled meanwhile (a concurrent run, or the same
             # photo twice in this one).

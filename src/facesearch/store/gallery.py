@@ -1,15 +1,19 @@
-"""The gallery: domains, people and their face embeddings in PostgreSQL + pgvector.
+"""The gallery: domains, people, their face embeddings and API keys in PostgreSQL + pgvector.
 
-All SQL lives here. Identifiers that end up in DDL or in index-matching predicates (partition
-names, model ids, dimensions) are integers we generated, never user text.
+All SQL lives here, written once and async: the HTTP service runs it on pooled connections, the
+CLI, tests and benchmarks through :class:`facesearch.store.BlockingGallery`. Identifiers that end
+up in DDL or in index-matching predicates (partition names, model ids, dimensions) are integers we
+generated, never user text.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -17,15 +21,21 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .. import names
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, InvalidName, NotFound
 from ..models import model_dim
 
-# HNSW candidates per scan, set for each connection (store.connect). 100 keeps recall@1 >= 0.99 on
-# 25k-face domains (the EXPLAIN / recall test); pgvector's default is 40.
+# HNSW candidates per scan, set for each connection (store.connect / store.configure). 100 keeps
+# recall@1 >= 0.99 on 25k-face domains (the EXPLAIN / recall test); pgvector's default is 40.
 EF_SEARCH = 100
 # Nearest faces fetched before keeping the best face per person: several faces of one person
 # must not crowd other people out of the top k.
 FACES_PER_MATCH = 4
+# API keys: the secret is shown once; the database keeps its SHA-256 and this many first characters
+# ("fsk_" + 8 random ones), enough to tell keys apart in a listing and useless to an attacker.
+KEY_PREFIX = "fsk_"
+KEY_SHOWN = 12
+# key_domain() records a key's use at most this often, so authenticating is a read nearly always.
+KEY_TOUCH_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class NewFace:
 @dataclass(frozen=True)
 class FaceRow:
     id: int
+    person_id: int
     person: str
     model: str
     box: tuple[int, int, int, int]
@@ -81,214 +92,317 @@ class Match:
     distance: float
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as listed: never its secret nor its hash."""
+
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+@dataclass
+class GalleryCache:
+    """What a Gallery learns once per database: share one across the Galleries of a connection pool
+    (all on the same database) so a per-request Gallery costs nothing."""
+
+    models: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (id, dim)
+    search_queries: dict[str, bytes] = field(default_factory=dict)  # model -> composed top-k query
+
+
 def _partition(domain_id: int) -> sql.Identifier:
     return sql.Identifier(f"faces_d{int(domain_id)}")
 
 
-class Gallery:
-    """Operations on one open connection (autocommit; multi-statement work uses transactions)."""
+def _person_key(person: int | str) -> tuple[str, int | str]:
+    """The people column a reference means (an int is an id, a str a name) and its value."""
+    if isinstance(person, int) and not isinstance(person, bool):
+        return "id", person
+    if isinstance(person, str):
+        return "name", names.person_name(person)
+    raise TypeError(f"a person is an id (int) or a name (str), not {type(person).__name__}")
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+
+def _no_person(domain: Domain, column: str, value: int | str) -> NotFound:
+    what = f"named {value!r}" if column == "name" else f"with id {value}"
+    return NotFound(f"no person {what} in domain {domain.name!r}")
+
+
+def _key_name(name: str) -> str:
+    if isinstance(name, str):
+        name = name.strip()
+        if 0 < len(name) <= 100 and name.isprintable():
+            return name
+    raise InvalidName("an API key's name is 1-100 printable characters")
+
+
+# Columns of a Person, over ``people p``; the face count reads only the domain's partition.
+_PERSON = ("p.id, p.name, (SELECT count(*) FROM faces f WHERE f.domain_id = %(domain)s"
+           " AND f.person_id = p.id), p.metadata, p.created_at")
+_PEOPLE_WHERE = ("p.domain_id = %(domain)s"
+                 " AND (%(search)s::text IS NULL OR p.name ILIKE '%%' || %(search)s || '%%')")
+_DOMAIN_INFO = ("SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id = d.id),"
+                " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at FROM domains d")
+_KEY = "id, name, prefix, created_at, last_used_at"
+
+
+class Gallery:
+    """Operations on one open async connection (autocommit; multi-statement work uses
+    transactions). Cheap to create: one per request on a pooled connection, sharing a cache."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], cache: GalleryCache | None = None) -> None:
         self.conn = conn
-        self._models: dict[str, tuple[int, int]] = {}
-        self._search_queries: dict[str, bytes] = {}  # per model, composed once (hot path)
+        self.cache = GalleryCache() if cache is None else cache
+
+    async def _one(self, query: str, params: Any = None) -> Any:
+        cur = await self.conn.execute(query, params)
+        return await cur.fetchone()
+
+    async def _all(self, query: str, params: Any = None) -> list[Any]:
+        cur = await self.conn.execute(query, params)
+        return await cur.fetchall()
 
     # -- models ----------------------------------------------------------------------------------
 
-    def model(self, name: str) -> tuple[int, int]:
+    async def model(self, name: str) -> tuple[int, int]:
         """``(model_id, dim)`` of a model, registering it on first use."""
-        if name not in self._models:
+        models = self.cache.models
+        if name not in models:
             dim = model_dim(name)
-            row = self.conn.execute("SELECT id, dim FROM models WHERE name = %s", (name,)).fetchone()
+            row = await self._one("SELECT id, dim FROM models WHERE name = %s", (name,))
             if row is None:
-                row = self.conn.execute(
+                row = await self._one(
                     "INSERT INTO models (name, dim) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
-                    " SET name = EXCLUDED.name RETURNING id, dim", (name, dim)).fetchone()
+                    " SET name = EXCLUDED.name RETURNING id, dim", (name, dim))
             if row[1] != dim:
                 raise Conflict(f"model {name!r} is stored with dimension {row[1]}, not {dim}")
-            self._models[name] = (row[0], row[1])
-        return self._models[name]
+            models[name] = (row[0], row[1])
+        return models[name]
 
     # -- domains ---------------------------------------------------------------------------------
 
-    def get_domain(self, name: str) -> Domain:
-        row = self.conn.execute("SELECT id, name FROM domains WHERE name = %s",
-                                (names.domain_name(name),)).fetchone()
+    async def get_domain(self, name: str) -> Domain:
+        row = await self._one("SELECT id, name FROM domains WHERE name = %s", (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
         return Domain(*row)
 
-    def create_domain(self, name: str, *, exist_ok: bool = False) -> Domain:
+    async def create_domain(self, name: str, *, exist_ok: bool = False) -> Domain:
         """Create a domain and its faces partition."""
         name = names.domain_name(name)
-        with self.conn.transaction():
-            row = self.conn.execute(
-                "INSERT INTO domains (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
-                " RETURNING id", (name,)).fetchone()
+        async with self.conn.transaction():
+            row = await self._one(
+                "INSERT INTO domains (name) VALUES (%s) ON CONFLICT (name) DO NOTHING RETURNING id",
+                (name,))
             if row is None:
                 if not exist_ok:
                     raise Conflict(f"domain {name!r} already exists")
-                return self.get_domain(name)
-            self.conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF faces FOR VALUES IN ({})")
-                              .format(_partition(row[0]), sql.Literal(row[0])))
+                return await self.get_domain(name)
+            await self.conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF faces FOR VALUES IN ({})")
+                                    .format(_partition(row[0]), sql.Literal(row[0])))
         return Domain(row[0], name)
 
-    def list_domains(self) -> list[DomainInfo]:
-        rows = self.conn.execute(
-            "SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id = d.id),"
-            " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at"
-            " FROM domains d ORDER BY d.name").fetchall()
-        return [DomainInfo(*r) for r in rows]
+    async def list_domains(self) -> list[DomainInfo]:
+        return [DomainInfo(*r) for r in await self._all(_DOMAIN_INFO + " ORDER BY d.name")]
 
-    def delete_domain(self, name: str) -> DomainInfo:
-        """Delete a domain with all its people and faces. Dropping the partition removes the
-        embeddings from disk at once (no dead tuples waiting for VACUUM)."""
-        domain = self.get_domain(name)
-        info = next(d for d in self.list_domains() if d.name == domain.name)
-        with self.conn.transaction():
-            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(domain.id)))
-            self.conn.execute("DELETE FROM domains WHERE id = %s", (domain.id,))
+    async def domain_info(self, name: str) -> DomainInfo:
+        row = await self._one(_DOMAIN_INFO + " WHERE d.name = %s", (names.domain_name(name),))
+        if row is None:
+            raise NotFound(f"unknown domain {name!r}")
+        return DomainInfo(*row)
+
+    async def delete_domain(self, name: str) -> DomainInfo:
+        """Delete a domain with all its people, faces and API keys. Dropping the partition removes
+        the embeddings from disk at once (no dead tuples waiting for VACUUM)."""
+        domain = await self.get_domain(name)
+        async with self.conn.transaction():
+            info = await self.domain_info(domain.name)
+            await self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(domain.id)))
+            # People and keys go by ON DELETE CASCADE.
+            await self.conn.execute("DELETE FROM domains WHERE id = %s", (domain.id,))
         return info
 
     # -- people ----------------------------------------------------------------------------------
 
-    def person_id(self, domain: Domain, name: str, *, create: bool = False) -> int:
-        name = names.person_name(name)
-        if create:
-            row = self.conn.execute(
+    async def person_id(self, domain: Domain, person: int | str, *, create: bool = False) -> int:
+        """The id of a person of this domain, by id or name (NotFound if not in *this* domain);
+        with ``create``, a name is created if missing."""
+        column, value = _person_key(person)
+        if create and column == "name":
+            row = await self._one(
                 "INSERT INTO people (domain_id, name) VALUES (%s, %s)"
                 " ON CONFLICT (domain_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
-                (domain.id, name)).fetchone()
+                (domain.id, value))
         else:
-            row = self.conn.execute("SELECT id FROM people WHERE domain_id = %s AND name = %s",
-                                    (domain.id, name)).fetchone()
+            row = await self._one(f"SELECT id FROM people WHERE domain_id = %s AND {column} = %s",
+                                  (domain.id, value))
         if row is None:
-            raise NotFound(f"no person named {name!r} in domain {domain.name!r}")
+            raise _no_person(domain, column, value)
         return row[0]
 
-    def ensure_people(self, domain: Domain, people: Iterable[str]) -> dict[str, int]:
+    async def ensure_people(self, domain: Domain, people: Iterable[str]) -> dict[str, int]:
         """Ids of these people, creating the missing ones in one statement."""
         wanted = sorted({names.person_name(p) for p in people})
-        rows = self.conn.execute(
+        rows = await self._all(
             "INSERT INTO people (domain_id, name) SELECT %s, unnest(%s::text[])"
             " ON CONFLICT (domain_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING name, id",
-            (domain.id, wanted)).fetchall()
+            (domain.id, wanted))
         return dict(rows)
 
-    def list_people(self, domain: Domain, *, search: str | None = None, limit: int = 1000,
-                    offset: int = 0) -> list[Person]:
-        rows = self.conn.execute(
-            "SELECT p.id, p.name, (SELECT count(*) FROM faces f"
-            "   WHERE f.domain_id = p.domain_id AND f.person_id = p.id),"
-            " p.metadata, p.created_at FROM people p"
-            " WHERE p.domain_id = %s AND (%s::text IS NULL OR p.name ILIKE '%%' || %s || '%%')"
-            " ORDER BY p.name LIMIT %s OFFSET %s",
-            (domain.id, search, search, limit, offset)).fetchall()
+    async def create_person(self, domain: Domain, name: str, metadata: dict | None = None) -> Person:
+        name = names.person_name(name)
+        row = await self._one(
+            "INSERT INTO people AS p (domain_id, name, metadata) VALUES (%(domain)s, %(name)s, %(meta)s)"
+            f" ON CONFLICT (domain_id, name) DO NOTHING RETURNING {_PERSON}",
+            {"domain": domain.id, "name": name, "meta": Jsonb(metadata or {})})
+        if row is None:
+            raise Conflict(f"domain {domain.name!r} already has a person named {name!r}")
+        return Person(*row)
+
+    async def get_person(self, domain: Domain, person: int | str) -> Person:
+        """A person of this domain by id or name; another domain's person is NotFound."""
+        column, value = _person_key(person)
+        row = await self._one(f"SELECT {_PERSON} FROM people p"
+                              f" WHERE p.domain_id = %(domain)s AND p.{column} = %(person)s",
+                              {"domain": domain.id, "person": value})
+        if row is None:
+            raise _no_person(domain, column, value)
+        return Person(*row)
+
+    async def list_people(self, domain: Domain, *, search: str | None = None, limit: int = 1000,
+                          offset: int = 0) -> list[Person]:
+        """People by name; ``search`` keeps names containing it (case-insensitive)."""
+        rows = await self._all(
+            f"SELECT {_PERSON} FROM people p WHERE {_PEOPLE_WHERE}"
+            " ORDER BY p.name LIMIT %(limit)s OFFSET %(offset)s",
+            {"domain": domain.id, "search": search, "limit": limit, "offset": offset})
         return [Person(*r) for r in rows]
 
-    def rename_person(self, domain: Domain, old: str, new: str) -> None:
+    async def count_people(self, domain: Domain, search: str | None = None) -> int:
+        """How many people :meth:`list_people` would list without a limit."""
+        row = await self._one(f"SELECT count(*) FROM people p WHERE {_PEOPLE_WHERE}",
+                              {"domain": domain.id, "search": search})
+        return row[0]
+
+    async def _update_person(self, domain: Domain, person: int | str, assignment: str,
+                             params: dict[str, Any]) -> Person:
+        """One UPDATE of a person of this domain, returning it updated."""
+        column, value = _person_key(person)
+        row = await self._one(
+            f"UPDATE people p SET {assignment} WHERE p.domain_id = %(domain)s AND p.{column} = %(person)s"
+            f" RETURNING {_PERSON}", {**params, "domain": domain.id, "person": value})
+        if row is None:
+            raise _no_person(domain, column, value)
+        return Person(*row)
+
+    async def rename_person(self, domain: Domain, person: int | str, new: str) -> Person:
         new = names.person_name(new)
-        pid = self.person_id(domain, old)
         try:
-            self.conn.execute("UPDATE people SET name = %s WHERE id = %s", (new, pid))
+            return await self._update_person(domain, person, "name = %(new)s", {"new": new})
         except psycopg.errors.UniqueViolation:
             raise Conflict(f"domain {domain.name!r} already has a person named {new!r}") from None
 
-    def set_metadata(self, domain: Domain, name: str, metadata: dict) -> None:
-        pid = self.person_id(domain, name)
-        self.conn.execute("UPDATE people SET metadata = %s WHERE id = %s", (Jsonb(metadata), pid))
+    async def set_metadata(self, domain: Domain, person: int | str, metadata: dict) -> Person:
+        """Replace a person's metadata (a JSON object)."""
+        return await self._update_person(domain, person, "metadata = %(meta)s", {"meta": Jsonb(metadata)})
 
-    def delete_person(self, domain: Domain, name: str) -> int:
+    async def delete_person(self, domain: Domain, person: int | str) -> int:
         """Delete a person and their faces; returns how many faces were deleted."""
-        pid = self.person_id(domain, name)
-        with self.conn.transaction():
-            faces = self.conn.execute(
-                "DELETE FROM faces WHERE domain_id = %s AND person_id = %s",
-                (domain.id, pid)).rowcount
-            self.conn.execute("DELETE FROM people WHERE id = %s", (pid,))
+        async with self.conn.transaction():
+            pid = await self.person_id(domain, person)
+            cur = await self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND person_id = %s",
+                                          (domain.id, pid))
+            faces = cur.rowcount
+            await self.conn.execute("DELETE FROM people WHERE id = %s", (pid,))
         return faces
 
-    def purge(self, domain: Domain) -> None:
+    async def purge(self, domain: Domain) -> None:
         """VACUUM the domain's partition so deleted embeddings leave the table and its index
         files now rather than whenever autovacuum comes by. Needs autocommit."""
-        self.conn.execute(sql.SQL("VACUUM {}").format(_partition(domain.id)))
+        await self.conn.execute(sql.SQL("VACUUM {}").format(_partition(domain.id)))
 
     # -- faces -----------------------------------------------------------------------------------
 
-    def enrolled_hashes(self, domain: Domain, model: str) -> set[tuple[int, bytes]]:
+    async def enrolled_hashes(self, domain: Domain, model: str) -> set[tuple[int, bytes]]:
         """``(person_id, photo_sha256)`` already enrolled with this model: lets a re-run skip
         photos before they reach the model."""
-        model_id, _ = self.model(model)
-        rows = self.conn.execute(
+        model_id, _ = await self.model(model)
+        rows = await self._all(
             "SELECT person_id, photo_sha256 FROM faces WHERE domain_id = %s AND model_id = %s",
             (domain.id, model_id))
         return {(r[0], bytes(r[1])) for r in rows}
 
-    def add_faces(self, domain: Domain, model: str, faces: Sequence[NewFace]) -> int:
-        """Store faces with COPY (one transaction); skip ones already there. Returns rows added."""
+    async def add_faces(self, domain: Domain, model: str, faces: Sequence[NewFace]) -> list[int | None]:
+        """Store faces with COPY (one transaction). Returns each face's new id, in order; None for
+        a face already stored (same person, model and photo), or given twice in ``faces``."""
         if not faces:
-            return 0
-        model_id, dim = self.model(model)
+            return []
+        model_id, dim = await self.model(model)
         for f in faces:
             if f.embedding.shape != (dim,) or not np.all(np.isfinite(f.embedding)):
                 raise ValueError(f"embedding must be {dim} finite numbers for model {model!r}")
-        with self.conn.transaction():
-            self.conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS new_faces (LIKE faces INCLUDING DEFAULTS)"
-                " ON COMMIT DELETE ROWS")
-            with self.conn.cursor().copy(
-                "COPY new_faces (domain_id, person_id, model_id, embedding, box_x, box_y, box_w,"
-                " box_h, det_score, photo_sha256) FROM STDIN") as copy:
-                for f in faces:
-                    copy.write_row((domain.id, f.person_id, model_id, f.embedding, *f.box,
-                                    f.score, f.photo_sha256))
-            added = self.conn.execute(
-                "INSERT INTO faces (domain_id, person_id, model_id, embedding, box_x, box_y,"
-                " box_w, box_h, det_score, photo_sha256)"
-                " SELECT domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
-                " det_score, photo_sha256 FROM new_faces"
-                " ON CONFLICT (domain_id, person_id, model_id, photo_sha256) DO NOTHING").rowcount
+        async with self.conn.transaction():
+            # ``id`` takes its default from faces' own sequence here, so each staged row already
+            # has the id it will keep, and ``ord`` maps the inserted ones back to the input.
+            await self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS new_faces (ord integer NOT NULL,"
+                " LIKE faces INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            async with self.conn.cursor().copy(
+                    "COPY new_faces (ord, domain_id, person_id, model_id, embedding, box_x, box_y,"
+                    " box_w, box_h, det_score, photo_sha256) FROM STDIN") as copy:
+                for i, f in enumerate(faces):
+                    await copy.write_row((i, domain.id, f.person_id, model_id, f.embedding, *f.box,
+                                          f.score, f.photo_sha256))
+            rows = await self._all(
+                "WITH added AS (INSERT INTO faces (id, domain_id, person_id, model_id, embedding,"
+                " box_x, box_y, box_w, box_h, det_score, photo_sha256)"
+                " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
+                " det_score, photo_sha256 FROM new_faces ORDER BY ord"
+                " ON CONFLICT (domain_id, person_id, model_id, photo_sha256) DO NOTHING RETURNING id)"
+                " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id ORDER BY n.ord")
             # After the rows, so a first bulk enrollment builds the graph in one pass (much faster
             # than growing it row by row); later batches are added to the existing index.
-            self._ensure_index(domain, model_id, dim)
-        return added
+            await self._ensure_index(domain, model_id, dim)
+        return [r[0] for r in rows]
 
-    def _ensure_index(self, domain: Domain, model_id: int, dim: int) -> None:
+    async def _ensure_index(self, domain: Domain, model_id: int, dim: int) -> None:
         """The HNSW index of one (domain, model): a partial expression index on the partition."""
-        index = sql.Identifier(f"faces_d{domain.id}_m{model_id}_hnsw")
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x66616365, domain.id))
-        if self.conn.execute("SELECT to_regclass(%s)", (index.as_string(self.conn),)).fetchone()[0]:
+        index = f"faces_d{int(domain.id)}_m{int(model_id)}_hnsw"
+        await self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x66616365, domain.id))
+        if (await self._one("SELECT to_regclass(%s)", (index,)))[0]:
             return
         # A build is much faster when the whole graph fits in memory (pgvector warns otherwise).
-        self.conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
-        self.conn.execute(sql.SQL(
+        await self.conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        await self.conn.execute(sql.SQL(
             "CREATE INDEX {} ON {} USING hnsw ((embedding::vector({})) "
             "vector_cosine_ops) WHERE model_id = {}").format(
-                index, _partition(domain.id), sql.Literal(dim), sql.Literal(model_id)))
+                sql.Identifier(index), _partition(domain.id), sql.Literal(dim), sql.Literal(model_id)))
 
-    def list_faces(self, domain: Domain, person: str | None = None) -> list[FaceRow]:
-        pid = None if person is None else self.person_id(domain, person)
-        rows = self.conn.execute(
-            "SELECT f.id, p.name, m.name, f.box_x, f.box_y, f.box_w, f.box_h, f.det_score,"
-            " encode(f.photo_sha256, 'hex'), f.created_at"
+    async def list_faces(self, domain: Domain, person: int | str | None = None) -> list[FaceRow]:
+        pid = None if person is None else await self.person_id(domain, person)
+        rows = await self._all(
+            "SELECT f.id, f.person_id, p.name, m.name, f.box_x, f.box_y, f.box_w, f.box_h,"
+            " f.det_score, encode(f.photo_sha256, 'hex'), f.created_at"
             " FROM faces f JOIN people p ON p.id = f.person_id JOIN models m ON m.id = f.model_id"
-            " WHERE f.domain_id = %s AND (%s::bigint IS NULL OR f.person_id = %s) ORDER BY f.id",
-            (domain.id, pid, pid)).fetchall()
-        return [FaceRow(r[0], r[1], r[2], (r[3], r[4], r[5], r[6]), r[7], r[8], r[9])
+            " WHERE f.domain_id = %(domain)s AND (%(person)s::bigint IS NULL OR f.person_id = %(person)s)"
+            " ORDER BY f.id", {"domain": domain.id, "person": pid})
+        return [FaceRow(r[0], r[1], r[2], r[3], (r[4], r[5], r[6], r[7]), r[8], r[9], r[10])
                 for r in rows]
 
-    def delete_face(self, domain: Domain, face_id: int) -> None:
-        deleted = self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND id = %s",
-                                    (domain.id, face_id)).rowcount
-        if not deleted:
+    async def delete_face(self, domain: Domain, face_id: int) -> None:
+        cur = await self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND id = %s",
+                                      (domain.id, face_id))
+        if not cur.rowcount:
             raise NotFound(f"no face {face_id} in domain {domain.name!r}")
 
     # -- search ----------------------------------------------------------------------------------
 
-    def search_sql(self, model: str) -> sql.Composed:
+    async def search_sql(self, model: str) -> sql.Composed:
         """The top-k query for one model. Dimension and model id are literals so the partial
         HNSW index of the domain's partition matches under any plan (generic or custom)."""
-        model_id, dim = self.model(model)
+        model_id, dim = await self.model(model)
         return sql.SQL("""
             WITH nearest AS (
                 SELECT f.id, f.person_id, (f.embedding::vector({dim}) <=> %(q)s) AS distance
@@ -301,29 +415,81 @@ class Gallery:
                 FROM nearest n WHERE n.distance < %(threshold)s
                 ORDER BY n.person_id, n.distance
             )
-            SELECT b.person_id, p.name, b.id, b.distance
-            FROM best b JOIN people p ON p.id = b.person_id
+            -- A subquery, not a join: k primary-key lookups, never a scan of every tenant's people.
+            SELECT b.person_id, (SELECT p.name FROM people p WHERE p.id = b.person_id), b.id,
+                   b.distance
+            FROM best b
             ORDER BY b.distance
             LIMIT %(k)s""").format(dim=sql.Literal(dim), model=sql.Literal(model_id))
 
-    def search(self, domain: Domain, model: str, embeddings: Iterable[np.ndarray], *, k: int,
-               threshold: float) -> list[list[Match]]:
-        """For each query embedding: up to ``k`` people, best face each, distance < threshold."""
-        if model not in self._search_queries:
-            self._search_queries[model] = self.search_sql(model).as_bytes(self.conn)
-        query = self._search_queries[model]
-        _, dim = self.model(model)
+    async def search(self, domain: Domain, model: str, embeddings: Iterable[np.ndarray], *, k: int,
+                     threshold: float) -> list[list[Match]]:
+        """For each query embedding: up to ``k`` people, best face each, distance < threshold.
+        The hot path: one round trip for all the embeddings (pipelined) once the model is cached."""
+        query = self.cache.search_queries.get(model)
+        if query is None:
+            query = (await self.search_sql(model)).as_bytes(self.conn)
+            self.cache.search_queries[model] = query
+        _, dim = await self.model(model)
         n = max(k * FACES_PER_MATCH, 20)
         queries = [np.asarray(e, dtype=np.float32) for e in embeddings]
         if any(q.shape != (dim,) for q in queries):
             raise ValueError(f"query must have {dim} dimensions for model {model!r}")
-        results = []
-        with contextlib.ExitStack() as stack:
-            if n > EF_SEARCH:  # the session's ef_search (see connect()) would cap the candidates
-                stack.enter_context(self.conn.transaction())
-                self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(n)))
-            for q in queries:
-                rows = self.conn.execute(query, {"q": q, "domain": domain.id, "n": n,
-                                                 "threshold": threshold, "k": k}).fetchall()
-                results.append([Match(*r) for r in rows])
-        return results
+        if not queries:
+            return []
+        params = [{"q": q, "domain": domain.id, "n": n, "threshold": threshold, "k": k}
+                  for q in queries]
+        if n <= EF_SEARCH:
+            return await self._search(query, params)
+        async with self.conn.transaction():  # the session's ef_search would cap the candidates
+            await self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(n)))
+            return await self._search(query, params)
+
+    async def _search(self, query: bytes, params: list[dict[str, Any]]) -> list[list[Match]]:
+        async with self.conn.cursor() as cur:
+            if len(params) == 1:
+                await cur.execute(query, params[0])
+                return [[Match(*r) for r in await cur.fetchall()]]
+            await cur.executemany(query, params, returning=True)
+            results = []
+            while True:
+                results.append([Match(*r) for r in await cur.fetchall()])
+                if not cur.nextset():
+                    return results
+
+    # -- API keys --------------------------------------------------------------------------------
+
+    async def create_key(self, domain: Domain, name: str) -> tuple[ApiKey, str]:
+        """A new key for this domain: the listing's record and the secret, which is shown once
+        and stored only as its SHA-256."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = await self._one(
+            f"INSERT INTO api_keys (domain_id, name, key_sha256, prefix) VALUES (%s, %s, %s, %s)"
+            f" RETURNING {_KEY}",
+            (domain.id, _key_name(name), hashlib.sha256(secret.encode()).digest(), secret[:KEY_SHOWN]))
+        return ApiKey(*row), secret
+
+    async def list_keys(self, domain: Domain) -> list[ApiKey]:
+        rows = await self._all(f"SELECT {_KEY} FROM api_keys WHERE domain_id = %s ORDER BY id",
+                               (domain.id,))
+        return [ApiKey(*r) for r in rows]
+
+    async def revoke_key(self, domain: Domain, key_id: int) -> None:
+        """Delete one of this domain's keys (another domain's key id is NotFound)."""
+        cur = await self.conn.execute("DELETE FROM api_keys WHERE domain_id = %s AND id = %s",
+                                      (domain.id, key_id))
+        if not cur.rowcount:
+            raise NotFound(f"no API key {key_id} in domain {domain.name!r}")
+
+    async def key_domain(self, secret: str) -> str | None:
+        """The name of the domain a key belongs to, None for an unknown or revoked key. Looked up
+        by the secret's SHA-256 (one round trip); records its use, at most once a minute."""
+        if not isinstance(secret, str) or not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+            return None
+        row = await self._one(
+            "WITH k AS (SELECT id, domain_id, last_used_at FROM api_keys WHERE key_sha256 = %(h)s),"
+            " touched AS (UPDATE api_keys a SET last_used_at = now() FROM k WHERE a.id = k.id"
+            "   AND (k.last_used_at IS NULL OR k.last_used_at < now() - make_interval(secs => %(s)s)))"
+            " SELECT d.name FROM k JOIN domains d ON d.id = k.domain_id",
+            {"h": hashlib.sha256(secret.encode()).digest(), "s": KEY_TOUCH_SECONDS})
+        return None if row is None else row[0]
