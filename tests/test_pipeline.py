@@ -108,7 +108,8 @@ def test_bad_input_errors_cross_the_process_boundary(pool, lfw: Path) -> None:
 def test_model_runtime_and_libpq_never_share_a_process(pool, db_url: str, lfw: Path) -> None:
     """Rule 1: workers have no libpq; a process using the store and the pool loads no dlib."""
     reports = pool.process_reports()
-    assert reports and all(r["model_loaded"] and not r["libpq_loaded"] for r in reports)
+    assert sorted(r["pid"] for r in reports) == sorted(pool.pids()) and len(reports) == pool.workers
+    assert all(r["model_loaded"] and not r["libpq_loaded"] for r in reports)
 
     script = textwrap.dedent(f"""
         import sys

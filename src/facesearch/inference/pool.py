@@ -1,26 +1,50 @@
-"""A pool of spawned model worker processes.
+"""A supervised pool of spawned model worker processes.
 
 ``spawn`` (never ``fork``): a forked child would inherit the parent's database sockets and native
-library state. Workers are started fresh, import only :mod:`facesearch.inference.worker`, and load
-the model once in their initializer.
+library state. Workers start fresh, import only :mod:`facesearch.inference.worker` and load the
+model once (:func:`worker.serve`); the parent sends them photo bytes and gets :class:`Analysis`
+objects back over a pipe.
+
+Each worker has a *slot*: its process, the parent's end of its pipe, and a dispatcher thread that
+hands it one task at a time and waits for either the answer or the process's death. So a worker
+that dies (OOM killer, SIGKILL, a native crash) fails only the task it was running, with a
+:class:`ModelError`; its slot starts a replacement and carries on. (A ``ProcessPoolExecutor``
+instead breaks as a whole and fails every task in flight.) A worker that cannot load the model
+fails the waiting tasks with the reason instead of leaving them to hang, and is retried with a
+growing backoff.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, replace
-from typing import TypeVar
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any, Literal, TypeVar
 
 from ..errors import FacesearchError, ModelError
 from ..models.base import Analysis
 from . import worker
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+DIED = "the face model worker stopped while processing this photo; try again"
+CLOSING = "the model pool is shutting down"
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # seconds between attempts to load a model that failed
+IDLE_CHECK = 1.0  # seconds between liveness checks of an idle worker
+
+_spawn = multiprocessing.get_context("spawn")
+_launch_lock = threading.Lock()  # Process.start() from several threads at once is not documented safe
+
+State = Literal["starting", "ready", "busy", "failed", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -34,64 +58,109 @@ class ModelSpec:
     threads: int = 0  # native threads per worker; 0 = share the cores between the workers
 
 
+@dataclass(eq=False)
+class _Task:
+    name: str  # a function in worker.TASKS
+    args: tuple[object, ...]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One worker: its process and pipe, and what its dispatcher thread knows about it."""
+
+    index: int
+    state: State = "starting"
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    error: str | None = None  # why the last attempt to load the model failed
+    private: deque[_Task] = field(default_factory=deque)  # tasks for this very worker
+    thread: threading.Thread | None = None
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback of an unexpected exception, chained as its ``__cause__``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _load_failed_message(reason: str | None) -> str:
+    return f"the face model could not be loaded: {reason}"
+
+
+def _fail(future: Future[Any], message: str) -> None:
+    """Fail a task's future unless its caller cancelled it meanwhile."""
+    if future.running() or future.set_running_or_notify_cancel():
+        future.set_exception(ModelError(message))
+
+
+def _kill(process: BaseProcess) -> None:
+    with contextlib.suppress(OSError, ValueError):  # already gone
+        process.kill()
+
+
 class ModelPool:
-    """Run face analysis in ``workers`` processes. Use as a context manager."""
+    """Run face analysis in ``workers`` supervised processes. Thread-safe; use as a context manager.
+
+    Workers are spawned at :meth:`start`, or lazily by the first ``submit``. ``submit`` never
+    blocks: it queues the task and returns a future, which ends with the result, the
+    :class:`FacesearchError` the photo raised, or a :class:`ModelError` if the worker died with it,
+    the model cannot be loaded, or the pool is closing.
+    """
 
     def __init__(self, spec: ModelSpec, workers: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         if spec.threads < 1:
             spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // self.workers))
         self.spec = spec
-        self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
+        self._cond = threading.Condition()  # guards everything below; dispatchers wait on it
+        self._queue: deque[_Task] = deque()
+        self._slots = [_Slot(i) for i in range(self.workers)]
+        self._started = False
+        self._closing = False
+        self._deadline = 0.0  # when close() stops waiting for tasks in flight
+        self._restarts = 0
+        self._load_failures = 0
+        self._load_error: str | None = None
 
-    def _get_executor(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    max_workers=self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=worker.init,
-                    initargs=(asdict(self.spec),),
-                )
-            return self._executor
+    # -- public API ----------------------------------------------------------------------------
 
-    def _reset(self, broken: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._executor is broken:
-                self._executor = None
-        broken.shutdown(wait=False, cancel_futures=True)
+    def start(self, timeout: float = 120) -> None:
+        """Spawn the workers if not yet done and wait until every one has loaded its model.
 
-    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
-        """Submit to the executor, replacing it first if a dead worker has broken it."""
-        executor = self._get_executor()
-        try:
-            return executor.submit(fn, *args)
-        except BrokenProcessPool:
-            self._reset(executor)
-            return self._get_executor().submit(fn, *args)
+        Raises :class:`ModelError` with the reason if a worker could not load it, or on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        self._ensure_started()
+        with self._cond:
+            while True:
+                if self._closing:
+                    raise ModelError(CLOSING)
+                failed = [s.error for s in self._slots if s.state == "failed"]
+                if failed:
+                    raise ModelError(_load_failed_message(failed[0]))
+                if all(s.state in ("ready", "busy") for s in self._slots):
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ModelError(f"the face model workers did not load within {timeout:g} s")
+                self._cond.wait(remaining)
 
     def submit(self, data: bytes, *, max_pixels: int, max_faces: int,
                embed: bool = True) -> Future[Analysis]:
         """Queue one photo; the future's result is an :class:`Analysis` or a FacesearchError."""
-        return self._submit(worker.analyze, data, max_pixels, max_faces, embed)
+        return self._submit("analyze", (data, max_pixels, max_faces, embed))
 
     def submit_batch(self, photos: list[bytes], *, max_pixels: int,
                      max_faces: int) -> Future[list[Analysis | FacesearchError]]:
         """Queue several photos as one task (one embedding call for all their faces); each
         photo's result is an :class:`Analysis` or the FacesearchError it raised."""
-        return self._submit(worker.analyze_batch, photos, max_pixels, max_faces)
+        return self._submit("analyze_batch", (photos, max_pixels, max_faces))
 
     def result(self, future: Future[T]) -> T:
-        """Wait for a submitted photo; a dead worker becomes a :class:`ModelError`."""
-        try:
-            return future.result()
-        except BrokenProcessPool:
-            if self._executor is not None:
-                self._reset(self._executor)
-            raise ModelError(
-                "the face model worker stopped while processing this photo; try again"
-            ) from None
+        """Wait for a submitted task; a dead worker or an unloadable model is a :class:`ModelError`."""
+        return future.result()
 
     def analyze(self, data: bytes, *, max_pixels: int = 40_000_000, max_faces: int = 50,
                 embed: bool = True) -> Analysis:
@@ -99,19 +168,281 @@ class ModelPool:
                                        embed=embed))
 
     def process_reports(self) -> list[dict[str, object]]:
-        """Ask the workers what they have loaded (see :func:`worker.process_report`)."""
-        executor = self._get_executor()
-        futures = [executor.submit(worker.process_report) for _ in range(self.workers * 2)]
+        """Ask each loaded worker what it has loaded (see :func:`worker.process_report`)."""
+        self.start()
+        with self._cond:
+            live = [s for s in self._slots if s.state in ("ready", "busy")]
+        futures = [self._submit("process_report", (), slot) for slot in live]
         return [f.result() for f in futures]
 
-    def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+    def pids(self) -> list[int]:
+        """Process ids of the workers (loading or loaded) not yet found dead."""
+        with self._cond:
+            return [s.process.pid for s in self._slots if s.process is not None and s.process.pid]
+
+    def ready(self) -> bool:
+        """Whether every slot has a loaded worker (for a readiness probe)."""
+        with self._cond:
+            return (self._started and not self._closing
+                    and all(s.state in ("ready", "busy") for s in self._slots))
+
+    def stats(self) -> dict[str, int]:
+        """Gauges and counters for metrics: ``restarts`` counts workers replaced after dying."""
+        with self._cond:
+            states = [s.state for s in self._slots]
+            return {
+                "size": self.workers,
+                "alive": sum(s.process is not None for s in self._slots),
+                "ready": sum(state in ("ready", "busy") for state in states),
+                "busy": states.count("busy"),
+                "queued": len(self._queue),
+                "restarts": self._restarts,
+                "load_failures": self._load_failures,
+            }
+
+    def close(self, timeout: float = 10) -> None:
+        """Stop: fail queued tasks, let tasks in flight finish for up to ``timeout`` seconds, stop
+        the workers (killing those still busy after that) and join the threads. Idempotent."""
+        with self._cond:
+            if not self._closing:
+                self._closing = True
+                self._deadline = time.monotonic() + timeout
+            deadline = self._deadline
+            queued = [*self._queue, *(t for s in self._slots for t in s.private)]
+            self._queue.clear()
+            for s in self._slots:
+                s.private.clear()
+            # A worker still loading has no task: no need to wait for it.
+            loading = [s.process for s in self._slots if s.state == "starting" and s.process]
+            threads = [s.thread for s in self._slots if s.thread is not None]
+            self._cond.notify_all()
+        for task in queued:
+            _fail(task.future, CLOSING)
+        for process in loading:
+            _kill(process)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):  # still busy: their tasks fail
+            with self._cond:
+                busy = [s.process for s in self._slots if s.process is not None]
+            for process in busy:
+                _kill(process)
+            for thread in threads:
+                thread.join(5)
 
     def __enter__(self) -> ModelPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- the parent side -----------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        """Start the dispatcher threads (which spawn the workers); returns at once."""
+        with self._cond:
+            if self._started or self._closing:
+                return
+            self._started = True
+            for slot in self._slots:
+                slot.thread = threading.Thread(target=self._dispatch, args=(slot,), daemon=True,
+                                               name=f"facesearch-model-{slot.index}")
+                slot.thread.start()
+
+    def _submit(self, name: str, args: tuple[object, ...], slot: _Slot | None = None) -> Future[Any]:
+        task = _Task(name, args)
+        self._ensure_started()
+        with self._cond:
+            if self._closing:
+                error = CLOSING
+            elif slot is None and all(s.state == "failed" for s in self._slots):
+                # No worker can run it before the next attempt to load the model: fail now.
+                error = _load_failed_message(self._load_error)
+            else:
+                (slot.private if slot is not None else self._queue).append(task)
+                self._cond.notify_all()
+                return task.future
+        task.future.set_exception(ModelError(error))
+        return task.future
+
+    def _dispatch(self, slot: _Slot) -> None:
+        """A slot's thread: keep a loaded worker in it and feed it tasks until the pool closes."""
+        backoff = BACKOFF_FIRST
+        while not self._closing:
+            try:
+                if slot.state == "starting":
+                    error = (self._launch(slot) if slot.process is None else None) \
+                        or self._await_ready(slot)
+                    if error is not None:
+                        if self._closing:
+                            break
+                        self._load_failed(slot, error, backoff)
+                        with self._cond:
+                            if self._cond.wait_for(lambda: self._closing, backoff):
+                                break
+                            slot.state = "starting"
+                        backoff = min(2 * backoff, BACKOFF_MAX)
+                        continue
+                    backoff = BACKOFF_FIRST
+                task = self._next_task(slot)
+                if task is None:
+                    if not self._closing:  # it died while idle: nothing lost
+                        self._replace(slot)
+                    continue
+                self._run(slot, task)
+            except Exception:  # a bug here must not strand the slot
+                log.exception("model worker slot %d failed; restarting its worker", slot.index)
+                if slot.process is not None:
+                    _kill(slot.process)
+                    self._reap(slot)
+                with self._cond:
+                    slot.state = "starting"
+                    if self._cond.wait_for(lambda: self._closing, BACKOFF_FIRST):
+                        break
+        self._stop(slot)
+
+    def _launch(self, slot: _Slot) -> str | None:
+        """Spawn the slot's worker (it then loads the model); returns why it could not."""
+        conn, child = _spawn.Pipe()
+        process = _spawn.Process(target=worker.serve, args=(child, asdict(self.spec)), daemon=True,
+                                 name=f"facesearch-model-{slot.index}")
+        try:
+            with _launch_lock:
+                process.start()
+        except Exception as exc:  # e.g. out of memory or processes
+            conn.close()
+            return f"could not start a worker process: {exc}"
+        finally:
+            child.close()  # the worker's end; closing ours lets us see EOF when it dies
+        with self._cond:
+            slot.process, slot.conn, slot.state = process, conn, "starting"
+        return None
+
+    def _await_ready(self, slot: _Slot) -> str | None:
+        """Wait for the slot's new worker to load the model; returns why it could not."""
+        message = self._receive(slot)
+        if message is not None and message[0] == "ready":
+            with self._cond:
+                slot.state, slot.error = "ready", None
+                self._cond.notify_all()
+            return None
+        exitcode = self._reap(slot)
+        if message is not None:
+            return str(message[1])
+        return f"the worker exited while loading the model (exit code {exitcode})"
+
+    def _load_failed(self, slot: _Slot, error: str, backoff: float) -> None:
+        log.error("model worker %d could not load the model: %s; retrying in %g s",
+                  slot.index, error, backoff)
+        message = _load_failed_message(error)
+        with self._cond:
+            slot.state, slot.error = "failed", error
+            self._load_error = error
+            self._load_failures += 1
+            doomed = list(slot.private)
+            slot.private.clear()
+            if all(s.state == "failed" for s in self._slots):  # nobody left to run the queue
+                doomed += self._queue
+                self._queue.clear()
+            self._cond.notify_all()
+        for task in doomed:
+            _fail(task.future, message)
+
+    def _next_task(self, slot: _Slot) -> _Task | None:
+        """Wait for a task for this idle worker: its own first, then the shared queue. None if
+        the pool is closing or the worker died meanwhile."""
+        assert slot.process is not None
+        with self._cond:
+            while not self._closing and slot.process.is_alive():
+                for queue in (slot.private, self._queue):
+                    while queue:
+                        task = queue.popleft()
+                        if task.future.set_running_or_notify_cancel():  # else cancelled: skip it
+                            slot.state = "busy"
+                            return task
+                self._cond.wait(IDLE_CHECK)
+        return None
+
+    def _run(self, slot: _Slot, task: _Task) -> None:
+        """Send one task to the slot's worker and settle its future with the answer."""
+        assert slot.conn is not None
+        try:
+            try:
+                slot.conn.send((task.name, task.args))
+                reply = self._receive(slot)
+            except OSError:
+                reply = None
+            except Exception as exc:  # the task or its answer did not (un)pickle; the worker is fine
+                reply = ("error", ModelError(f"the face model worker could not exchange a task: {exc}"))
+            if reply is None:
+                pid = slot.process.pid if slot.process else None
+                exitcode = self._replace(slot)
+                log.warning("model worker %d (pid %s) died running a task (exit code %s); replaced",
+                            slot.index, pid, exitcode)
+                task.future.set_exception(ModelError(CLOSING if self._closing else DIED))
+            elif reply[0] == "ok":
+                task.future.set_result(reply[1])
+            else:
+                exc = reply[1]
+                if len(reply) > 2 and not isinstance(exc, FacesearchError):
+                    exc.__cause__ = _RemoteTraceback(reply[2])
+                task.future.set_exception(exc)
+        finally:
+            if not task.future.done():  # only on a bug above
+                task.future.set_exception(ModelError(DIED))
+            with self._cond:
+                if slot.state == "busy":
+                    slot.state = "ready"
+                self._cond.notify_all()
+
+    def _receive(self, slot: _Slot) -> tuple[Any, ...] | None:
+        """The worker's next message, or None if it died first."""
+        assert slot.conn is not None and slot.process is not None
+        if slot.conn not in wait([slot.conn, slot.process.sentinel]):
+            return None
+        try:
+            return slot.conn.recv()
+        except (EOFError, OSError):
+            return None
+
+    def _replace(self, slot: _Slot) -> int | None:
+        """Reap the slot's dead worker and spawn its replacement (loaded by the dispatch loop)."""
+        exitcode = self._reap(slot)
+        with self._cond:
+            self._restarts += 1
+            slot.state = "starting"
+        if not self._closing:
+            self._launch(slot)  # on failure, the dispatch loop tries again with a backoff
+        return exitcode
+
+    def _reap(self, slot: _Slot, timeout: float = 5) -> int | None:
+        """Wait for the slot's worker to exit (killing it after ``timeout``) and forget it."""
+        process, conn = slot.process, slot.conn
+        if process is None or conn is None:
+            return None
+        process.join(timeout)
+        if process.exitcode is None:
+            _kill(process)
+            process.join()
+        conn.close()
+        with self._cond:
+            slot.process = slot.conn = None
+        return process.exitcode
+
+    def _stop(self, slot: _Slot) -> None:
+        """Closing: tell an idle worker to exit (killing it if it has not by the close deadline);
+        kill one still loading, which has no task to finish."""
+        if slot.process is not None and slot.conn is not None:
+            if slot.state == "ready":
+                with contextlib.suppress(OSError):  # already dead: nothing to tell
+                    slot.conn.send(None)
+            else:
+                _kill(slot.process)
+            self._reap(slot, timeout=max(0.0, self._deadline - time.monotonic()))
+        with self._cond:
+            doomed = list(slot.private)
+            slot.private.clear()
+            slot.state = "stopped"
+            self._cond.notify_all()
+        for task in doomed:
+            _fail(task.future, CLOSING)

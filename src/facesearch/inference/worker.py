@@ -1,29 +1,34 @@
-"""Code that runs inside a model worker process. Imported there by the spawn machinery.
+"""Code that runs inside a model worker process: :func:`serve` is its entry point.
 
 Keep this module's top-level imports free of the model runtime (it is loaded in :func:`init`) and
-of anything that loads libpq.
+of anything that loads libpq: the spawned worker imports it, and so does the parent.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
+import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import FacesearchError
+from ..errors import FacesearchError, ModelError
 from ..imaging import decode_image
 from ..models.base import Analysis
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from ..models.base import FaceModel
 
 _model: FaceModel | None = None
 
 
 def init(spec: dict[str, object]) -> None:
-    """Process initializer: load the model once per worker."""
+    """Load the model once per worker."""
     global _model
     threads = int(spec.get("threads", 1))  # type: ignore[arg-type]
     # Several workers share the cores: keep each one's native thread pools to its share.
@@ -93,3 +98,47 @@ def process_report() -> dict[str, object]:
         libs = maps.read()
     return {"pid": os.getpid(), "libpq_loaded": "libpq" in libs,
             "model_loaded": _model is not None}
+
+
+TASKS: dict[str, Callable[..., object]] = {
+    "analyze": analyze, "analyze_batch": analyze_batch, "process_report": process_report,
+}
+
+
+def serve(conn: Connection, spec: dict[str, object]) -> None:
+    """Worker process main: load the model, say ``("ready", pid)``, then answer tasks until ``None``.
+
+    A task is ``(name, args)`` naming a function in :data:`TASKS`; the answer is ``("ok", result)``
+    or ``("error", exception, traceback text)``. If the model cannot be loaded the answer to
+    start-up is ``("error", reason)`` and the process exits: the pool decides when to retry.
+    """
+    # Ctrl-C reaches the whole process group, and service managers SIGTERM every process of the
+    # service: the parent decides when workers stop (after draining), or they see its pipe close.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        init(spec)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, FacesearchError) else f"{type(exc).__name__}: {exc}"
+        conn.send(("error", reason))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if task is None:
+            return
+        name, args = task
+        try:
+            reply: tuple[object, ...] = ("ok", TASKS[name](*args))
+        except Exception as exc:
+            reply = ("error", exc, traceback.format_exc())
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):  # the parent is gone
+            return
+        except Exception as exc:  # the answer does not pickle (nothing was written): say so instead
+            conn.send(("error", ModelError(f"the face model worker could not send its answer: {exc}"),
+                       traceback.format_exc()))
