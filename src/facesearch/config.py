@@ -41,6 +41,9 @@ class Settings:
     threshold: float = DEFAULT_THRESHOLD
     max_pixels: int = 40_000_000
     max_faces: int = 50
+    max_upload: int = 15 * 1024 * 1024  # bytes per HTTP request body
+    # The service's admin key; unset: one is generated at first start (see service.auth).
+    admin_key: str | None = field(default=None, repr=False)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     @classmethod
@@ -56,6 +59,8 @@ class Settings:
             threshold=_env_number("FACESEARCH_THRESHOLD", DEFAULT_THRESHOLD, float),
             max_pixels=int(_env_number("FACESEARCH_MAX_PIXELS", 40_000_000)),
             max_faces=int(_env_number("FACESEARCH_MAX_FACES", 50)),
+            max_upload=int(_env_number("FACESEARCH_MAX_UPLOAD_MB", 15, float) * 1024 * 1024),
+            admin_key=os.environ.get("FACESEARCH_ADMIN_KEY") or None,
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
         )
         given = {k: v for k, v in overrides.items() if v is not None}

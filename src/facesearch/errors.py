@@ -11,6 +11,7 @@ class FacesearchError(Exception):
 
     code = "error"
     status = 400
+    details: object = None  # extra JSON for the API's error body (e.g. per-photo reasons)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -18,6 +19,37 @@ class FacesearchError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class BadRequest(FacesearchError):
+    """A malformed request (e.g. a broken multipart body, a missing field)."""
+
+    code = "bad_request"
+    status = 400
+
+
+class Unauthorized(FacesearchError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(FacesearchError):
+    code = "forbidden"
+    status = 403
+
+
+class UploadTooLarge(FacesearchError):
+    """The request body is over the upload limit."""
+
+    code = "upload_too_large"
+    status = 413
+
+
+class UnsupportedMediaType(FacesearchError):
+    """The request body is not multipart/form-data or an image."""
+
+    code = "unsupported_media_type"
+    status = 415
 
 
 class UnsupportedImage(FacesearchError):
@@ -43,6 +75,20 @@ class ImageTooLarge(FacesearchError):
 
 class NoFace(FacesearchError):
     code = "no_face"
+    status = 422
+
+
+class SeveralFaces(FacesearchError):
+    """Several faces where one was expected, and no say which."""
+
+    code = "several_faces"
+    status = 422
+
+
+class NothingEnrolled(FacesearchError):
+    """Every photo of an enrollment was refused (the reasons go in ``details``)."""
+
+    code = "nothing_enrolled"
     status = 422
 
 

@@ -1,0 +1,140 @@
+"""The FastAPI application: start-up and shutdown, error bodies, middleware, routes.
+
+Start-up order matters (architecture rules 1 and 2): the database pool opens here, in the running
+service, never at import; the model workers are *spawned* processes, so this process never loads
+the model runtime and they never inherit a database connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import psycopg_pool
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..config import Settings
+from ..errors import FacesearchError
+from ..inference import ModelPool, ModelSpec
+from ..store import database_url, open_pool, prepare
+from .auth import admin_key_digest
+from .observability import Metrics, RequestLog
+from .routes import domains, health, people, photos
+from .state import Service
+from .uploads import BodyLimit
+
+log = logging.getLogger("facesearch.service")
+
+DESCRIPTION = """Face recognition against per-domain galleries.
+
+Authenticate with `Authorization: Bearer <key>` (or `X-API-Key: <key>`): the admin key manages
+domains and keys; a domain key reaches only its own domain. Photos are multipart file fields.
+Every error is `{"error": {"code": ..., "message": ...}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = await asyncio.to_thread(database_url, settings)  # starts the embedded server if needed
+        await asyncio.to_thread(prepare, url)  # pgvector and migrations, once
+        db = open_pool(url, max_size=max(4, settings.workers * 4))
+        await db.open(wait=True, timeout=30)
+        spec = ModelSpec(model=settings.model, detector=settings.detector, runtime=settings.runtime,
+                         cache_dir=str(settings.cache_dir))
+        models = ModelPool(spec, workers=settings.workers)
+        svc = Service(settings=settings, db=db, models=models,
+                      admin_digest=admin_key_digest(settings), metrics=metrics)
+        app.state.service = svc
+
+        def load() -> None:
+            try:
+                models.start()
+                log.info("model workers ready: %d x %s (%s, %s detector)", models.workers,
+                         settings.model, settings.runtime, settings.detector)
+            except FacesearchError as exc:
+                svc.models_error = exc.message
+                log.error("model workers failed to start: %s", exc.message)
+
+        # Workers load in the background: /healthz answers at once, /readyz once they are loaded.
+        loading = asyncio.create_task(asyncio.to_thread(load))
+        try:
+            yield
+        finally:
+            # Uvicorn has drained the requests in flight by now (graceful shutdown).
+            await loading
+            await asyncio.to_thread(models.close)
+            await db.close()
+            log.info("stopped")
+
+    app = FastAPI(title="facesearch", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    _add_error_handlers(app)
+    for module in (domains, people, photos, health):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, limit=settings.max_upload)
+    app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
+    return app
+
+
+def error_response(request: Request, status: int, code: str, message: str,
+                   details: object = None) -> JSONResponse:
+    request.state.error = code
+    error: dict = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return JSONResponse({"error": error}, status_code=status)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "upload_too_large", 415: "unsupported_media_type"}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """One error body everywhere, and never a traceback in a response."""
+
+    @app.exception_handler(FacesearchError)
+    async def facesearch_error(request: Request, exc: FacesearchError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such route: {request.method} {request.url.path} (see /docs)"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        return error_response(request, exc.status_code,
+                              _HTTP_CODES.get(exc.status_code, "http_error"), message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return error_response(request, 422, "invalid_request", "; ".join(problems))
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg_pool.PoolTimeout)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database error: %s", str(exc).strip())
+        return error_response(request, 503, "store_unavailable",
+                              "the database is unavailable; try again shortly")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request.state.request_id if hasattr(request.state, "request_id") else "?"
+        log.error("unexpected error in request %s", request_id, exc_info=exc)
+        return error_response(request, 500, "internal_error",
+                              f"unexpected server error (request {request_id}); see the server log")

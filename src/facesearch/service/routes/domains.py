@@ -1,0 +1,67 @@
+"""Domains (one gallery per tenant) and their API keys: the admin key's business."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter
+
+from ..schemas import DomainCreate, DomainList, DomainOut, KeyCreate, KeyCreated, KeyList, KeyOut
+from ..state import AdminDep, DomainDep, ServiceDep
+
+router = APIRouter(prefix="/v1/domains", tags=["domains"])
+
+
+@router.post("", status_code=201, response_model=DomainOut)
+async def create_domain(body: DomainCreate, _: AdminDep,
+                        svc: ServiceDep) -> dict:
+    async with svc.gallery() as gallery:
+        dom = await gallery.create_domain(body.name)
+        return asdict(await gallery.domain_info(dom.name))
+
+
+@router.get("", response_model=DomainList)
+async def list_domains(_: AdminDep, svc: ServiceDep) -> dict:
+    async with svc.gallery() as gallery:
+        return {"domains": [asdict(d) for d in await gallery.list_domains()]}
+
+
+@router.get("/{domain}", response_model=DomainOut)
+async def get_domain(dom: DomainDep, svc: ServiceDep) -> dict:
+    """The domain with its counts (the admin key, or this domain's key)."""
+    async with svc.gallery() as gallery:
+        return asdict(await gallery.domain_info(dom.name))
+
+
+@router.delete("/{domain}", response_model=DomainOut)
+async def delete_domain(domain: str, _: AdminDep,
+                        svc: ServiceDep) -> dict:
+    """Delete a domain with all its people, faces and keys. Returns what was deleted."""
+    async with svc.gallery() as gallery:
+        return asdict(await gallery.delete_domain(domain))
+
+
+@router.post("/{domain}/keys", status_code=201, response_model=KeyCreated)
+async def create_key(body: KeyCreate, dom: DomainDep, _: AdminDep,
+                     svc: ServiceDep) -> dict:
+    """A new key for this domain. The secret is in this response only; it is stored hashed."""
+    async with svc.gallery() as gallery:
+        key, secret = await gallery.create_key(dom, body.name)
+    return {**asdict(key), "key": secret}
+
+
+@router.get("/{domain}/keys", response_model=KeyList)
+async def list_keys(dom: DomainDep, _: AdminDep,
+                    svc: ServiceDep) -> dict:
+    async with svc.gallery() as gallery:
+        return {"keys": [asdict(k) for k in await gallery.list_keys(dom)]}
+
+
+@router.delete("/{domain}/keys/{key_id}", response_model=KeyOut)
+async def revoke_key(key_id: int, dom: DomainDep, _: AdminDep,
+                     svc: ServiceDep) -> dict:
+    """Revoke a key: requests with it are refused from now on."""
+    async with svc.gallery() as gallery:
+        keys = {k.id: k for k in await gallery.list_keys(dom)}
+        await gallery.revoke_key(dom, key_id)
+    return asdict(keys[key_id])

@@ -1,0 +1,183 @@
+"""People of a domain, their faces, and enrollment of new photos."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from ... import names
+from ...errors import BadRequest, FacesearchError, ModelError, NoFace, NothingEnrolled, SeveralFaces
+from ...models.base import Analysis
+from ...store.gallery import Domain, FaceRow, NewFace, Person
+from ..schemas import EnrollOut, FaceList, PeoplePage, PersonCreate, PersonOut, PersonUpdate
+from ..state import DomainDep, Service, ServiceDep
+from ..uploads import Photo, photo_body, read_upload
+
+router = APIRouter(prefix="/v1/domains/{domain}", tags=["people"])
+
+FaceChoice = Annotated[str | None, Query(pattern=r"^(largest|\d{1,3})$", description=(
+    "Which face to enroll from a photo with several: 'largest', or its index (0 = largest). "
+    "Unset: such photos are refused."))]
+
+
+def _face_out(f: FaceRow) -> dict:
+    return {**asdict(f), "box": dict(zip("xywh", f.box, strict=True))}
+
+
+@router.post("/people", status_code=201, response_model=PersonOut)
+async def create_person(body: PersonCreate, dom: DomainDep,
+                        svc: ServiceDep) -> dict:
+    async with svc.gallery() as gallery:
+        return asdict(await gallery.create_person(dom, body.name, body.metadata))
+
+
+@router.get("/people", response_model=PeoplePage)
+async def list_people(dom: DomainDep, svc: ServiceDep,
+                      q: Annotated[str | None, Query(max_length=200, description="Name contains.")] = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    async with svc.gallery() as gallery:
+        people = await gallery.list_people(dom, search=q, limit=limit, offset=offset)
+        total = await gallery.count_people(dom, search=q)
+    return {"people": [asdict(p) for p in people], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/people/{person_id}", response_model=PersonOut)
+async def get_person(person_id: int, dom: DomainDep,
+                     svc: ServiceDep) -> dict:
+    async with svc.gallery() as gallery:
+        return asdict(await gallery.get_person(dom, person_id))
+
+
+@router.patch("/people/{person_id}", response_model=PersonOut)
+async def update_person(person_id: int, body: PersonUpdate, dom: DomainDep,
+                        svc: ServiceDep) -> dict:
+    """Rename a person and/or replace their metadata."""
+    async with svc.gallery() as gallery:
+        if body.name is not None:
+            await gallery.rename_person(dom, person_id, body.name)
+        if body.metadata is not None:
+            await gallery.set_metadata(dom, person_id, body.metadata)
+        return asdict(await gallery.get_person(dom, person_id))
+
+
+@router.delete("/people/{person_id}", response_model=PersonOut)
+async def delete_person(person_id: int, dom: DomainDep,
+                        svc: ServiceDep) -> dict:
+    """Delete a person and all their faces; the embeddings are removed from disk (VACUUM)."""
+    async with svc.gallery() as gallery:
+        person = await gallery.get_person(dom, person_id)
+        await gallery.delete_person(dom, person_id)
+        await gallery.purge(dom)
+    return asdict(person)
+
+
+@router.get("/people/{person_id}/faces", response_model=FaceList)
+async def list_faces(person_id: int, dom: DomainDep,
+                     svc: ServiceDep) -> dict:
+    async with svc.gallery() as gallery:
+        return {"faces": [_face_out(f) for f in await gallery.list_faces(dom, person_id)]}
+
+
+@router.delete("/faces/{face_id}", status_code=204)
+async def delete_face(face_id: int, dom: DomainDep,
+                      svc: ServiceDep) -> None:
+    """Delete one face; its embedding is removed from disk (VACUUM)."""
+    async with svc.gallery() as gallery:
+        await gallery.delete_face(dom, face_id)
+        await gallery.purge(dom)
+
+
+@router.post("/people/{person_id}/faces", status_code=201, response_model=EnrollOut,
+             response_model_exclude_none=True, openapi_extra=photo_body("photo", multiple=True))
+async def enroll_person(person_id: int, request: Request, dom: DomainDep, svc: ServiceDep,
+                        face: FaceChoice = None) -> dict:
+    """Enroll one or more photos (file fields ``photo``) of an existing person."""
+    async with svc.gallery() as gallery:
+        person = await gallery.get_person(dom, person_id)
+    upload = await read_upload(request)
+    return await _enroll(svc, request, dom, person, upload.photos, face)
+
+
+@router.post("/enroll", status_code=201, response_model=EnrollOut,
+             response_model_exclude_none=True,
+             openapi_extra=photo_body("photo", multiple=True, text=("name",)))
+async def enroll_by_name(request: Request, dom: DomainDep, svc: ServiceDep,
+                         face: FaceChoice = None) -> dict:
+    """Enroll photos of a person given by name (form field ``name``), created if new."""
+    upload = await read_upload(request)
+    if "name" not in upload.fields:
+        raise BadRequest("give the person's name in the form field 'name'")
+    name = names.person_name(upload.fields["name"])
+    if not upload.photos:
+        raise BadRequest("no photo in the request: send photos as file fields 'photo'")
+    async with svc.gallery() as gallery:
+        pid = await gallery.person_id(dom, name, create=True)
+        person = await gallery.get_person(dom, pid)
+    return await _enroll(svc, request, dom, person, upload.photos, face)
+
+
+async def _enroll(svc: Service, request: Request, dom: Domain, person: Person,
+                  photos: list[Photo], face: str | None) -> dict:
+    """Embed each photo's chosen face in the workers, then store them in one transaction."""
+    if not photos:
+        raise BadRequest("no photo in the request: send photos as file fields 'photo'")
+    index = 0 if face in (None, "largest") else int(face)
+    analyses = await asyncio.gather(
+        *(svc.analyze(p.data, max_faces=min(index + 1, svc.settings.max_faces)) for p in photos),
+        return_exceptions=True)
+    results: list[dict] = []
+    chosen: list[tuple[int, NewFace]] = []  # (result index, face)
+    for photo, analysis in zip(photos, analyses, strict=True):
+        result: dict = {"photo": photo.filename, "status": "refused"}
+        results.append(result)
+        try:
+            new = _chosen_face(analysis, face, index, person.id, photo.data)
+        except FacesearchError as exc:
+            result["error"] = {"code": exc.code, "message": exc.message}
+            if isinstance(analysis, Analysis):
+                result["faces_found"] = analysis.faces_found
+            continue
+        result["faces_found"] = analysis.faces_found  # type: ignore[union-attr]
+        result["box"] = dict(zip("xywh", new.box, strict=True))
+        chosen.append((len(results) - 1, new))
+    if chosen:
+        async with svc.gallery() as gallery:
+            ids = await gallery.add_faces(dom, svc.settings.model, [f for _, f in chosen])
+            person = await gallery.get_person(dom, person.id)
+        for (i, _), face_id in zip(chosen, ids, strict=True):
+            results[i]["status"] = "enrolled" if face_id is not None else "already_enrolled"
+            results[i]["face_id"] = face_id
+    enrolled = sum(r["status"] == "enrolled" for r in results)
+    request.state.faces = enrolled
+    if not any(r["status"] != "refused" for r in results):
+        if any(r["error"]["code"] == ModelError.code for r in results):
+            raise ModelError("the face model worker stopped while processing the photos; try again")
+        reasons = "; ".join(f"{r['photo'] or 'photo'}: {r['error']['message']}" for r in results)
+        error = NothingEnrolled(f"no face was enrolled ({reasons})")
+        error.details = results
+        raise error
+    return {"person": asdict(person), "enrolled": enrolled, "results": results}
+
+
+def _chosen_face(analysis: Analysis | BaseException, face: str | None, index: int,
+                 person_id: int, data: bytes) -> NewFace:
+    if isinstance(analysis, BaseException):
+        if isinstance(analysis, FacesearchError):
+            raise analysis
+        raise FacesearchError(f"could not process the photo: {analysis}")
+    if not analysis.faces:
+        raise NoFace("no face found in the photo")
+    if face is None and analysis.faces_found > 1:
+        raise SeveralFaces(f"{analysis.faces_found} faces in the photo: say which to enroll with "
+                            "?face=largest or ?face=<index> (0 = largest)")
+    if index >= len(analysis.faces):
+        raise NoFace(f"no face number {index} in the photo ({analysis.faces_found} found)")
+    f = analysis.faces[index]
+    return NewFace(person_id, f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score,
+                   hashlib.sha256(data).digest())
+

@@ -1,0 +1,100 @@
+"""Recognize, verify and detect: a photo in, faces out.
+
+The model work runs in a worker process first, without holding a database connection; the
+connection is taken only for the search itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from ...errors import BadRequest, NoFace
+from ...models.base import Analysis
+from ..schemas import DetectOut, RecognizeOut, VerifyOut
+from ..state import CallerDep, DomainDep, ServiceDep
+from ..uploads import photo_body, read_upload
+
+router = APIRouter(tags=["recognition"])
+
+Threshold = Annotated[float | None, Query(ge=0, le=2, description=(
+    "Cosine distance under which two faces are the same person; default: the server's calibrated one."))]
+
+
+def _image(analysis: Analysis) -> dict:
+    return {"width": analysis.width, "height": analysis.height}
+
+
+def _timings(request: Request, start: float, **stages: float) -> dict[str, float]:
+    timings = {k: round(v, 2) for k, v in stages.items()}
+    timings["total"] = round((time.perf_counter() - start) * 1e3, 2)
+    request.state.timings_ms = timings
+    return timings
+
+
+@router.post("/v1/domains/{domain}/recognize", response_model=RecognizeOut,
+             openapi_extra=photo_body("photo"))
+async def recognize(request: Request, dom: DomainDep,
+                    svc: ServiceDep,
+                    top_k: Annotated[int, Query(ge=1, le=100, description="Matches per face.")] = 5,
+                    threshold: Threshold = None,
+                    max_faces: Annotated[int | None, Query(ge=1, description=(
+                        "Faces matched, largest first (at most the server's limit)."))] = None) -> dict:
+    """Who is in this photo? Every face (largest first) with its best matches in the domain."""
+    start = time.perf_counter()
+    s = svc.settings
+    threshold = s.threshold if threshold is None else threshold
+    photo = (await read_upload(request)).one("photo")
+    analysis = await svc.analyze(photo.data, max_faces=min(max_faces or s.max_faces, s.max_faces))
+    t0 = time.perf_counter()
+    async with svc.gallery() as gallery:
+        results = await gallery.search(dom, s.model, [f.embedding for f in analysis.faces],
+                                       k=top_k, threshold=threshold)
+    search_ms = (time.perf_counter() - t0) * 1e3
+    svc.metrics.search.observe(search_ms / 1e3)
+    request.state.faces = len(analysis.faces)
+    faces = [{**face.as_dict(), "matches": [
+        {"person_id": m.person_id, "name": m.person, "face_id": m.face_id,
+         "distance": round(m.distance, 5), "similarity": round(1 - m.distance, 5)}
+        for m in matches]} for face, matches in zip(analysis.faces, results, strict=True)]
+    return {"faces": faces, "faces_found": analysis.faces_found, "image": _image(analysis),
+            "model": s.model, "threshold": threshold, "top_k": top_k,
+            "timings_ms": _timings(request, start, **analysis.timings_ms, search=search_ms)}
+
+
+@router.post("/v1/verify", response_model=VerifyOut, openapi_extra=photo_body("photo1", "photo2"))
+async def verify(request: Request, _: CallerDep, svc: ServiceDep,
+                 threshold: Threshold = None) -> dict:
+    """Are the largest faces of two photos (``photo1``, ``photo2``) the same person?"""
+    start = time.perf_counter()
+    threshold = svc.settings.threshold if threshold is None else threshold
+    upload = await read_upload(request)
+    photos = upload.named("photo1", "photo2") or upload.photos
+    if len(photos) != 2:
+        raise BadRequest(f"send two photos, as file fields 'photo1' and 'photo2' (got {len(photos)})")
+    analyses = await asyncio.gather(*(svc.analyze(p.data, max_faces=1) for p in photos))
+    for label, analysis in zip(("photo1", "photo2"), analyses, strict=True):
+        if not analysis.faces:
+            raise NoFace(f"no face found in {label}")
+    a, b = (an.faces[0] for an in analyses)
+    distance = float(1.0 - a.embedding @ b.embedding)
+    request.state.faces = 2
+    return {"same_person": distance < threshold, "distance": round(distance, 5),
+            "similarity": round(1 - distance, 5), "threshold": threshold,
+            "model": svc.settings.model, "faces": [a.as_dict(), b.as_dict()],
+            "timings_ms": _timings(request, start)}
+
+
+@router.post("/v1/detect", response_model=DetectOut, openapi_extra=photo_body("photo"))
+async def detect(request: Request, _: CallerDep,
+                 svc: ServiceDep) -> dict:
+    """Faces of a photo: boxes, detection scores and 5 landmarks (no recognition)."""
+    start = time.perf_counter()
+    photo = (await read_upload(request)).one("photo")
+    analysis = await svc.analyze(photo.data, max_faces=svc.settings.max_faces, embed=False)
+    request.state.faces = len(analysis.faces)
+    return {"faces": [f.as_dict() for f in analysis.faces], "faces_found": analysis.faces_found,
+            "image": _image(analysis), "timings_ms": _timings(request, start, **analysis.timings_ms)}
