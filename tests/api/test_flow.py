@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from ..conftest import photos_of
 from .conftest import ADMIN_KEY, assert_error, jpeg, pick_people
@@ -87,6 +89,39 @@ def test_recognize_options(flow: dict) -> None:
                       headers={"Content-Type": "image/jpeg"})
     assert raw.status_code == 200
     assert raw.json()["faces"][0]["box"] == loose["faces"][0]["box"]
+
+
+def test_every_face_of_a_group_photo(flow: dict) -> None:
+    """A 2x2 collage of four enrolled people's held-out photos: four faces, each recognized."""
+    people = list(flow["held_out"].items())[4:8]
+    collage = Image.new("RGB", (500, 500))
+    for i, (_, photo) in enumerate(people):
+        collage.paste(Image.open(photo).convert("RGB"), ((i % 2) * 250, (i // 2) * 250))
+    buf = io.BytesIO()
+    collage.save(buf, "JPEG", quality=92)
+    group = ("group.jpg", buf.getvalue(), "image/jpeg")
+    client = flow["client"]
+    body = client.post(f"/v1/domains/{DOMAIN}/recognize", files={"photo": group}).json()
+    assert body["faces_found"] == len(body["faces"]) == 4
+    right = 0
+    for face in body["faces"]:
+        quadrant = (face["box"]["x"] + face["box"]["w"] // 2) // 250 + 2 * (
+            (face["box"]["y"] + face["box"]["h"] // 2) // 250)
+        right += bool(face["matches"]) and face["matches"][0]["name"] == people[quadrant][0]
+    assert right >= 3, body
+    # max_faces: only the largest are matched; faces_found still counts them all.
+    two = client.post(f"/v1/domains/{DOMAIN}/recognize", files={"photo": group},
+                      params={"max_faces": 2}).json()
+    assert two["faces_found"] == 4 and len(two["faces"]) == 2
+    sizes = [f["box"]["w"] * f["box"]["h"] for f in body["faces"]]
+    assert sorted(sizes, reverse=True)[:2] == [f["box"]["w"] * f["box"]["h"] for f in two["faces"]]
+    # Enrolling it without saying which face is refused, with the reason.
+    name, _ = people[0]
+    refused = client.post(f"/v1/domains/{DOMAIN}/people/{flow['people'][name]}/faces",
+                          files={"photo": group})
+    err = assert_error(refused, 422, "nothing_enrolled")
+    assert err["details"][0]["error"]["code"] == "several_faces"
+    assert err["details"][0]["faces_found"] == 4
 
 
 def test_verify_and_detect(flow: dict, lfw: Path) -> None:
