@@ -408,3 +408,35 @@ def test_galleries_on_a_pool_share_a_cache_and_search_concurrently(
     assert all(r[0].distance < 1e-5 for r in results)
     assert set(cache.models) == {MODEL} and set(cache.search_queries) == {MODEL}
     gallery.delete_domain("store-pool")
+
+
+def test_concurrent_first_enrollments_into_a_new_domain(gallery: BlockingGallery, db_url: str,
+                                                        db) -> None:
+    """Several transactions adding the first faces of a domain at once: the one that builds the
+    index and the others must not deadlock (the builder waits for their rows, they for its lock)."""
+    rng = np.random.default_rng(5)
+    _, faces = clustered(rng, 8, 3)
+    dom = gallery.create_domain("store-race")
+    ids = gallery.ensure_people(dom, [f"p{i}" for i in range(len(faces))])
+
+    async def main() -> list[list[int | None]]:
+        pool = open_pool(db_url, min_size=len(faces), max_size=len(faces))
+        await pool.open(wait=True)
+        try:
+            async def enroll(i: int) -> list[int | None]:
+                async with pool.connection() as conn:
+                    return await Gallery(conn).add_faces(dom, MODEL, [
+                        NewFace(person_id=ids[f"p{i}"], embedding=e, box=(0, 0, 1, 1), score=1.0,
+                                photo_sha256=hashlib.sha256(f"race{i}/{j}".encode()).digest())
+                        for j, e in enumerate(faces[i])])
+
+            return await asyncio.gather(*(enroll(i) for i in range(len(faces))))
+        finally:
+            await pool.close()
+
+    added = asyncio.run(main())
+    assert all(None not in ids_ for ids_ in added) and sum(map(len, added)) == faces.size // DIM
+    indexes = db.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s AND indexdef LIKE"
+                         " '%%hnsw%%'", (f"faces_d{dom.id}",)).fetchone()[0]
+    assert indexes == 1
+    gallery.delete_domain("store-race")
