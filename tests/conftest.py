@@ -87,8 +87,9 @@ def cli(home: Path, db_url: str):
     """Run the real ``facesearch`` command in a subprocess against the session's data directory."""
     exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
 
-    def run(*args: str | Path, check: bool | None = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_WORKERS": "2"}
+    def run(*args: str | Path, check: bool | None = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_WORKERS": "2", **(env or {})}
         env.pop("FACESEARCH_DATABASE_URL", None)
         proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env,
                               timeout=600, stdin=subprocess.DEVNULL)

@@ -260,3 +260,16 @@ def test_faces_list_and_delete(enrolled: dict, cli, db) -> None:
     # Enrolling that photo again restores the face (the deletion forgot its hash too).
     again = json.loads(cli("enroll", enrolled["root"], "--domain", DOMAIN, "--json").stdout)
     assert again["enrolled"] == 1
+
+
+def test_enroll_stores_thumbnails_unless_turned_off(enrolled: dict, cli, db, lfw: Path) -> None:
+    count = ("SELECT count(*), count(thumbnail), max(length(thumbnail)) FROM faces f"
+             " JOIN domains d ON d.id = f.domain_id WHERE d.name = %s")
+    faces, thumbnails, largest = db.execute(count, (DOMAIN,)).fetchone()
+    assert faces == thumbnails > 0 and largest < 8000  # a JPEG crop of a few KB with every face
+    photo = photos_of(lfw, "Tony_Blair")[0]
+    cli("enroll", photo, "--domain", "cli-no-thumbs", "--person", "Tony", env={"FACESEARCH_THUMBNAILS": "0"})
+    assert db.execute(count, ("cli-no-thumbs",)).fetchone()[:2] == (1, 0)
+    bad = cli("enroll", photo, "--domain", "cli-no-thumbs", "--person", "Tony",
+              env={"FACESEARCH_THUMBNAILS": "maybe"}, check=False)
+    assert bad.returncode == 1 and "FACESEARCH_THUMBNAILS must be 1 or 0" in bad.stderr

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from facesearch.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from facesearch.imaging import decode_image
+from facesearch.imaging import THUMBNAIL_MARGIN, THUMBNAIL_SIZE, decode_image, face_thumbnail
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,29 @@ def test_decompression_bomb_refused_before_decoding() -> None:
     assert len(bomb) < 2_000_000
     with pytest.raises(ImageTooLarge):
         decode_image(bomb)
+
+
+@pytest.mark.parametrize(("size", "box"), [
+    ((250, 250), (67, 80, 109, 108)),  # a centred face
+    ((250, 250), (-20, -10, 90, 100)),  # over the top-left corner
+    ((640, 200), (560, 120, 120, 120)),  # over the bottom-right edge, in a wide image
+    ((60, 40), (5, 5, 50, 50)),  # an image smaller than the thumbnail
+])
+def test_face_thumbnail_is_a_small_square_jpeg(size: tuple[int, int], box: tuple[int, int, int, int]) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    data = face_thumbnail(image, *box)
+    thumb = Image.open(io.BytesIO(data))
+    assert thumb.format == "JPEG" and thumb.size == (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+
+
+def test_face_thumbnail_shows_the_face(photo: Image.Image) -> None:
+    """The crop is centred on the box, with a margin: its middle is the box's middle."""
+    image = np.asarray(photo)
+    x, y, w, h = 67, 80, 109, 108
+    thumb = np.asarray(Image.open(io.BytesIO(face_thumbnail(image, x, y, w, h))), dtype=float)
+    side = round(max(w, h) * (1 + 2 * THUMBNAIL_MARGIN))
+    left, top = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+    expected = photo.crop((left, top, left + side, top + side)).resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    assert np.abs(thumb - np.asarray(expected, dtype=float)).mean() < 6  # JPEG's loss only
+    assert len(face_thumbnail(image, x, y, w, h)) < 6000

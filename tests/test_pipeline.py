@@ -85,6 +85,18 @@ def test_detect_only_skips_embedding(pool, lfw: Path) -> None:
     assert a.faces and a.faces[0].embedding is None and "embed" not in a.timings_ms
 
 
+def test_thumbnails_only_when_asked(pool, lfw: Path) -> None:
+    """Recognize skips them; enrollment asks, one JPEG per face kept, alone or in a batch."""
+    assert all(f.thumbnail is None for f in pool.analyze(two_faces(lfw)).faces)
+    a = pool.analyze(two_faces(lfw), thumbnails=True)
+    assert len(a.faces) == 2 and "thumbnail" in a.timings_ms
+    for face in a.faces:
+        assert Image.open(io.BytesIO(face.thumbnail)).size == (112, 112)
+    (b,) = pool.result(pool.submit_batch([two_faces(lfw)], max_pixels=10**8, max_faces=1,
+                                         thumbnails=True))
+    assert len(b.faces) == 1 and b.faces[0].thumbnail == a.faces[0].thumbnail
+
+
 def test_small_faces_are_found(pool, lfw: Path) -> None:
     """A ~45 px face in a 600 px photo (upsampling finds faces from about 40 px)."""
     face = Image.open(lfw / "Colin_Powell" / "Colin_Powell_0001.jpg").resize((110, 110))

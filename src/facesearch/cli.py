@@ -195,7 +195,8 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
         def flush() -> None:
             people.update(gallery.ensure_people(dom, {name for name, _, _ in pending}))
             ids = gallery.add_faces(dom, model, [
-                NewFace(people[name], f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score, sha)
+                NewFace(people[name], f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score, sha,
+                        f.thumbnail)
                 for name, f, sha in pending])
             added = sum(i is not None for i in ids)
             report.enrolled += added
@@ -230,7 +231,8 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
         def send() -> None:
             # Only the largest face is enrolled, so only it is embedded (faces_found counts all).
             future = pool.submit_batch([data for *_, data in batch],
-                                       max_pixels=obj.settings.max_pixels, max_faces=1)
+                                       max_pixels=obj.settings.max_pixels, max_faces=1,
+                                       thumbnails=obj.settings.thumbnails)
             in_flight.append((future, [(n, p, h) for n, p, h, _ in batch]))
             batch.clear()
             if len(in_flight) > pool.workers * 2:

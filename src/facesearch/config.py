@@ -27,6 +27,17 @@ def _env_number(name: str, default: float, kind: type = int) -> float:
         raise SystemExit(f"error: {name} must be a number, not {value!r}") from None
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    value = (os.environ.get(name) or "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"error: {name} must be 1 or 0 (true/false, yes/no, on/off), not {value!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything facesearch needs to know to run. Build with :meth:`from_env`."""
@@ -42,6 +53,8 @@ class Settings:
     max_pixels: int = 40_000_000
     max_faces: int = 50
     max_upload: int = 15 * 1024 * 1024  # bytes per HTTP request body
+    # Store a small JPEG crop of each enrolled face (for the web page's lists): a few KB a face.
+    thumbnails: bool = True
     # The service's admin key; unset: one is generated at first start (see service.auth).
     admin_key: str | None = field(default=None, repr=False)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -60,6 +73,7 @@ class Settings:
             max_pixels=int(_env_number("FACESEARCH_MAX_PIXELS", 40_000_000)),
             max_faces=int(_env_number("FACESEARCH_MAX_FACES", 50)),
             max_upload=int(_env_number("FACESEARCH_MAX_UPLOAD_MB", 15, float) * 1024 * 1024),
+            thumbnails=_env_flag("FACESEARCH_THUMBNAILS", True),
             admin_key=os.environ.get("FACESEARCH_ADMIN_KEY") or None,
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
         )

@@ -60,6 +60,11 @@ def test_bad_photos(server, setup: dict) -> None:
                                 files={"photo": ("blank.jpg", blank.getvalue(), "image/jpeg")})
     err = assert_error(refused, 422, "nothing_enrolled")
     assert err["details"][0]["error"]["code"] == "no_face"
+    # Enrolling a new name with no usable photo leaves no empty person behind.
+    nobody = server.admin.post(f"/v1/domains/{DOMAIN}/enroll", data={"name": "Nobody Here"},
+                               files={"photo": ("blank.jpg", blank.getvalue(), "image/jpeg")})
+    assert_error(nobody, 422, "nothing_enrolled")
+    assert server.admin.get(f"/v1/domains/{DOMAIN}/people", params={"q": "Nobody"}).json()["total"] == 0
     assert_error(server.admin.post("/v1/verify", files={"photo1": jpeg(setup["photo"]),
                                                         "photo2": ("b.jpg", blank.getvalue())}),
                  422, "no_face")

@@ -51,6 +51,7 @@ def test_a_domain_key_gets_nothing_of_another_domain(tenants: dict) -> None:
         ("POST", f"/v1/domains/iso-b/people/{b_person}/faces", {"files": {"photo": jpeg(probe)}}),
         ("POST", "/v1/domains/iso-b/enroll", {"data": {"name": "x"}, "files": {"photo": jpeg(probe)}}),
         ("DELETE", "/v1/domains/iso-b/faces/1", {}),
+        ("GET", "/v1/domains/iso-b/faces/1/thumbnail", {}),
         ("POST", "/v1/domains/iso-b/recognize", {"files": {"photo": jpeg(probe)}}),
         ("GET", "/v1/domains/iso-b/keys", {}),
         ("POST", "/v1/domains/iso-b/keys", {"json": {"name": "x"}}),

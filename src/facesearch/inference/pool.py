@@ -147,25 +147,26 @@ class ModelPool:
                     raise ModelError(f"the face model workers did not load within {timeout:g} s")
                 self._cond.wait(remaining)
 
-    def submit(self, data: bytes, *, max_pixels: int, max_faces: int,
-               embed: bool = True) -> Future[Analysis]:
-        """Queue one photo; the future's result is an :class:`Analysis` or a FacesearchError."""
-        return self._submit("analyze", (data, max_pixels, max_faces, embed))
+    def submit(self, data: bytes, *, max_pixels: int, max_faces: int, embed: bool = True,
+               thumbnails: bool = False) -> Future[Analysis]:
+        """Queue one photo; the future's result is an :class:`Analysis` or a FacesearchError.
+        ``thumbnails``: also a small JPEG crop of each face (``Face.thumbnail``), for enrollment."""
+        return self._submit("analyze", (data, max_pixels, max_faces, embed, thumbnails))
 
-    def submit_batch(self, photos: list[bytes], *, max_pixels: int,
-                     max_faces: int) -> Future[list[Analysis | FacesearchError]]:
+    def submit_batch(self, photos: list[bytes], *, max_pixels: int, max_faces: int,
+                     thumbnails: bool = False) -> Future[list[Analysis | FacesearchError]]:
         """Queue several photos as one task (one embedding call for all their faces); each
         photo's result is an :class:`Analysis` or the FacesearchError it raised."""
-        return self._submit("analyze_batch", (photos, max_pixels, max_faces))
+        return self._submit("analyze_batch", (photos, max_pixels, max_faces, thumbnails))
 
     def result(self, future: Future[T]) -> T:
         """Wait for a submitted task; a dead worker or an unloadable model is a :class:`ModelError`."""
         return future.result()
 
     def analyze(self, data: bytes, *, max_pixels: int = 40_000_000, max_faces: int = 50,
-                embed: bool = True) -> Analysis:
+                embed: bool = True, thumbnails: bool = False) -> Analysis:
         return self.result(self.submit(data, max_pixels=max_pixels, max_faces=max_faces,
-                                       embed=embed))
+                                       embed=embed, thumbnails=thumbnails))
 
     def process_reports(self) -> list[dict[str, object]]:
         """Ask each loaded worker what it has loaded (see :func:`worker.process_report`)."""

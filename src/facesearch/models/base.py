@@ -30,12 +30,14 @@ class Box:
 
 @dataclass
 class Face:
-    """One detected face: where, how sure, its 5 landmarks and (optionally) its embedding."""
+    """One detected face: where, how sure, its 5 landmarks and (optionally) its embedding and a
+    small JPEG crop of it (made by the model worker when asked, for enrollment)."""
 
     box: Box
     score: float
     landmarks: list[tuple[float, float]]
     embedding: np.ndarray | None = None  # float32, L2-normalized
+    thumbnail: bytes | None = None  # JPEG, see imaging.face_thumbnail
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -29,6 +29,7 @@ from .observability import Metrics, RequestLog
 from .routes import domains, health, people, photos
 from .state import Service
 from .uploads import BodyLimit
+from .web import add_web_page
 
 log = logging.getLogger("facesearch.service")
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_error_handlers(app)
     for module in (domains, people, photos, health):
         app.include_router(module.router)
+    add_web_page(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload)
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
     return app

@@ -71,6 +71,8 @@ class PersonOut(BaseModel):
     faces: int
     metadata: dict[str, Any]
     created_at: datetime
+    thumbnail_face_id: int | None = Field(None, description=(
+        "One of their faces that has a thumbnail (GET .../faces/{id}/thumbnail), or null."))
 
 
 class PeoplePage(BaseModel):
@@ -96,6 +98,7 @@ class FaceOut(BaseModel):
     score: float | None
     photo_sha256: str
     created_at: datetime
+    has_thumbnail: bool = Field(description="GET .../faces/{id}/thumbnail gives its JPEG crop.")
 
 
 class FaceList(BaseModel):

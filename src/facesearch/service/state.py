@@ -41,10 +41,11 @@ class Service:
         async with self.db.connection() as conn:
             yield Gallery(conn, self.cache)
 
-    async def analyze(self, data: bytes, *, max_faces: int, embed: bool = True) -> Analysis:
-        """Decode, detect and embed one photo in a model worker."""
+    async def analyze(self, data: bytes, *, max_faces: int, embed: bool = True,
+                      thumbnails: bool = False) -> Analysis:
+        """Decode, detect and embed one photo in a model worker (and crop thumbnails if asked)."""
         future = self.models.submit(data, max_pixels=self.settings.max_pixels,
-                                    max_faces=max_faces, embed=embed)
+                                    max_faces=max_faces, embed=embed, thumbnails=thumbnails)
         analysis = await asyncio.wrap_future(future)
         self.metrics.observe_inference(analysis.timings_ms)
         return analysis

@@ -8,12 +8,21 @@ from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from ... import names
 from ...errors import BadRequest, FacesearchError, ModelError, NoFace, NothingEnrolled, SeveralFaces
-from ...models.base import Analysis
+from ...models.base import Analysis, Face
 from ...store.gallery import Domain, FaceRow, NewFace, Person
-from ..schemas import EnrollOut, FaceList, PeoplePage, PersonCreate, PersonOut, PersonUpdate
+from ..schemas import (
+    EnrollOut,
+    ErrorBody,
+    FaceList,
+    PeoplePage,
+    PersonCreate,
+    PersonOut,
+    PersonUpdate,
+)
 from ..state import DomainDep, Service, ServiceDep
 from ..uploads import Photo, photo_body, read_upload
 
@@ -92,6 +101,18 @@ async def delete_face(face_id: int, dom: DomainDep,
         await gallery.purge(dom)
 
 
+@router.get("/faces/{face_id}/thumbnail", response_class=Response, responses={
+    200: {"content": {"image/jpeg": {}}, "description": "A small JPEG crop of the face."},
+    404: {"model": ErrorBody, "description": "No such face, or it has no thumbnail."}})
+async def face_thumbnail(face_id: int, dom: DomainDep, svc: ServiceDep) -> Response:
+    """The face's thumbnail (stored at enrollment unless FACESEARCH_THUMBNAILS=0)."""
+    async with svc.gallery() as gallery:
+        data = await gallery.face_thumbnail(dom, face_id)
+    # Biometric data for this key's holder only: no shared cache may keep it.
+    return Response(data, media_type="image/jpeg",
+                    headers={"Cache-Control": "private", "X-Content-Type-Options": "nosniff"})
+
+
 @router.post("/people/{person_id}/faces", status_code=201, response_model=EnrollOut,
              response_model_exclude_none=True, openapi_extra=photo_body("photo", multiple=True))
 async def enroll_person(person_id: int, request: Request, dom: DomainDep, svc: ServiceDep,
@@ -115,57 +136,62 @@ async def enroll_by_name(request: Request, dom: DomainDep, svc: ServiceDep,
     name = names.person_name(upload.fields["name"])
     if not upload.photos:
         raise BadRequest("no photo in the request: send photos as file fields 'photo'")
-    async with svc.gallery() as gallery:
-        pid = await gallery.person_id(dom, name, create=True)
-        person = await gallery.get_person(dom, pid)
-    return await _enroll(svc, request, dom, person, upload.photos, face)
+    return await _enroll(svc, request, dom, name, upload.photos, face)
 
 
-async def _enroll(svc: Service, request: Request, dom: Domain, person: Person,
+async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | str,
                   photos: list[Photo], face: str | None) -> dict:
-    """Embed each photo's chosen face in the workers, then store them in one transaction."""
+    """Embed each photo's chosen face in the workers, then store them in one transaction. A
+    person given by name is created then, so that a request whose photos are all refused
+    leaves nothing behind."""
     if not photos:
         raise BadRequest("no photo in the request: send photos as file fields 'photo'")
     index = 0 if face in (None, "largest") else int(face)
     analyses = await asyncio.gather(
-        *(svc.analyze(p.data, max_faces=min(index + 1, svc.settings.max_faces)) for p in photos),
+        *(svc.analyze(p.data, max_faces=min(index + 1, svc.settings.max_faces),
+                      thumbnails=svc.settings.thumbnails) for p in photos),
         return_exceptions=True)
     results: list[dict] = []
-    chosen: list[tuple[int, NewFace]] = []  # (result index, face)
+    chosen: list[tuple[int, Face, bytes]] = []  # (result index, face, photo sha256)
     for photo, analysis in zip(photos, analyses, strict=True):
         result: dict = {"photo": photo.filename, "status": "refused"}
         results.append(result)
+        if isinstance(analysis, Analysis):
+            result["faces_found"] = analysis.faces_found
         try:
-            new = _chosen_face(analysis, face, index, person.id, photo.data)
+            chosen_face = _chosen_face(analysis, face, index)
         except FacesearchError as exc:
             result["error"] = {"code": exc.code, "message": exc.message}
-            if isinstance(analysis, Analysis):
-                result["faces_found"] = analysis.faces_found
             continue
-        result["faces_found"] = analysis.faces_found  # type: ignore[union-attr]
-        result["box"] = dict(zip("xywh", new.box, strict=True))
-        chosen.append((len(results) - 1, new))
+        result["box"] = chosen_face.box.as_dict()
+        chosen.append((len(results) - 1, chosen_face, hashlib.sha256(photo.data).digest()))
     if chosen:
         async with svc.gallery() as gallery:
-            ids = await gallery.add_faces(dom, svc.settings.model, [f for _, f in chosen])
-            person = await gallery.get_person(dom, person.id)
-        for (i, _), face_id in zip(chosen, ids, strict=True):
+            pid = (person.id if isinstance(person, Person)
+                   else await gallery.person_id(dom, person, create=True))
+            ids = await gallery.add_faces(dom, svc.settings.model, [
+                NewFace(person_id=pid, embedding=f.embedding, box=(f.box.x, f.box.y, f.box.w, f.box.h),
+                        score=f.score, photo_sha256=sha, thumbnail=f.thumbnail)
+                for _, f, sha in chosen])
+            person = await gallery.get_person(dom, pid)
+        for (i, _, _), face_id in zip(chosen, ids, strict=True):
             results[i]["status"] = "enrolled" if face_id is not None else "already_enrolled"
             results[i]["face_id"] = face_id
     enrolled = sum(r["status"] == "enrolled" for r in results)
     request.state.faces = enrolled
-    if not any(r["status"] != "refused" for r in results):
+    if not chosen:
         if any(r["error"]["code"] == ModelError.code for r in results):
             raise ModelError("the face model worker stopped while processing the photos; try again")
         reasons = "; ".join(f"{r['photo'] or 'photo'}: {r['error']['message']}" for r in results)
         error = NothingEnrolled(f"no face was enrolled ({reasons})")
         error.details = results
         raise error
+    assert isinstance(person, Person)
     return {"person": asdict(person), "enrolled": enrolled, "results": results}
 
 
-def _chosen_face(analysis: Analysis | BaseException, face: str | None, index: int,
-                 person_id: int, data: bytes) -> NewFace:
+def _chosen_face(analysis: Analysis | BaseException, face: str | None, index: int) -> Face:
+    """The face of a photo to enroll, or why there is none."""
     if isinstance(analysis, BaseException):
         if isinstance(analysis, FacesearchError):
             raise analysis
@@ -174,10 +200,7 @@ def _chosen_face(analysis: Analysis | BaseException, face: str | None, index: in
         raise NoFace("no face found in the photo")
     if face is None and analysis.faces_found > 1:
         raise SeveralFaces(f"{analysis.faces_found} faces in the photo: say which to enroll with "
-                            "?face=largest or ?face=<index> (0 = largest)")
+                           "?face=largest or ?face=<index> (0 = largest)")
     if index >= len(analysis.faces):
         raise NoFace(f"no face number {index} in the photo ({analysis.faces_found} found)")
-    f = analysis.faces[index]
-    return NewFace(person_id, f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score,
-                   hashlib.sha256(data).digest())
-
+    return analysis.faces[index]
