@@ -1,0 +1,165 @@
+"""Import speed of ``facesearch import-pkl``: a DeepFace PKL file of N synthetic faces.
+
+Writes a generation-3 file (DeepFace's list of dicts, raw embeddings as lists of floats, scaled
+like an unnormalized model output) of ``--faces`` 512-d ArcFace-sized faces, imports it end to
+end (``facesearch import-pkl`` in a subprocess, start-up of the embedded PostgreSQL included) into
+a fresh data directory, again (everything already there), and into a data directory that an
+earlier command set up. Its temporary files (~2 GB a round) are deleted at the end.
+Run: ``python -m bench.bench_import [--faces 25000] [--dim 512] [--per-person 5] [--rounds 1]``.
+
+``--index-variants`` instead times the HNSW build alone on the same faces (a scratch table in a
+fresh embedded server, same expression and opclass as facesearch's index) with 0, 1 and 2
+parallel workers and ef_construction 64 (pgvector's default, facesearch's) and 32, and measures
+each graph's person-level recall@1 and recall@10 against exact search (300 queries, ef_search 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from facesearch.deepface_pkl import export_filename
+
+from .lfw import cpu_model
+from .synthetic import clustered
+
+MODELS = {128: "Facenet", 512: "ArcFace", 4096: "VGG-Face"}
+
+
+def write_pkl(path: Path, faces: int, dim: int, per_person: int, seed: int = 0) -> int:
+    """A generation-3 DeepFace file of ``faces`` rows (one face per photo); returns people."""
+    rng = np.random.default_rng(seed)
+    people = -(-faces // per_person)
+    _, embeddings = clustered(rng, people, per_person, dim)
+    scale = rng.uniform(5, 30, size=(people, per_person))  # DeepFace keeps raw, unnormalized output
+    rows = []
+    for p in range(people):
+        for k in range(per_person):
+            if len(rows) == faces:
+                break
+            identity = f"/srv/db_path/person_{p:05d}/photo_{k}.jpg"
+            rows.append({"identity": identity, "hash": f"{p:020x}{k:020x}",
+                         "embedding": (embeddings[p, k].astype(np.float64) * scale[p, k]).tolist(),
+                         "target_x": 10, "target_y": 12, "target_w": 100, "target_h": 110})
+    with path.open("wb") as f:
+        pickle.dump(rows, f, protocol=4)
+    return people
+
+
+def index_variants(faces: int, dim: int, per_person: int, home: Path) -> None:
+    from facesearch.config import Settings
+    from facesearch.store import connect, database_url
+
+    from .synthetic import near
+
+    rng = np.random.default_rng(0)
+    people = -(-faces // per_person)
+    centres, embeddings = clustered(rng, people, per_person, dim)
+    vectors = embeddings.reshape(-1, dim)[:faces]
+    person = np.repeat(np.arange(people), per_person)[:faces]
+    picked = np.random.default_rng(2).integers(0, people, 300)
+    queries = near(np.random.default_rng(1), centres[picked])
+
+    def ranked_people(order: Iterable[int]) -> list[int]:
+        seen: list[int] = []
+        for j in order:
+            if person[j] not in seen:
+                seen.append(int(person[j]))
+        return seen[:10]
+
+    truth = [ranked_people(np.argsort(-(vectors @ q))[:200]) for q in queries]
+    conn = connect(database_url(Settings(home=home)))
+    conn.execute("CREATE TABLE scratch (id serial, model_id int, embedding vector)")
+    with conn.cursor().copy("COPY scratch (model_id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["integer", "vector"])
+        for v in vectors:
+            copy.write_row((1, v))
+    conn.execute("SET maintenance_work_mem = '512MB'")
+    conn.execute("SET hnsw.ef_search = 100")
+    expr = f"embedding::vector({dim})"
+    for workers, ef in ((0, 64), (1, 64), (2, 64), (1, 32), (1, 64), (2, 64), (0, 64)):
+        conn.execute("DROP INDEX IF EXISTS scratch_hnsw")
+        conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
+        conn.execute(f"ALTER TABLE scratch SET (parallel_workers = {max(workers, 1)})")
+        t = time.perf_counter()
+        conn.execute(f"CREATE INDEX scratch_hnsw ON scratch USING hnsw (({expr}) vector_cosine_ops)"
+                     f" WITH (ef_construction = {ef}) WHERE model_id = 1")
+        seconds = time.perf_counter() - t
+        at1 = at10 = 0.0
+        for q, want in zip(queries, truth, strict=True):
+            ids = [r[0] - 1 for r in conn.execute(
+                f"SELECT id FROM scratch WHERE model_id = 1 ORDER BY {expr} <=> %s LIMIT 40", (q,))]
+            got = ranked_people(ids)
+            at1 += got[:1] == want[:1]
+            at10 += len(set(got) & set(want)) / 10
+        print(f"index build, {workers} parallel workers, ef_construction {ef}: {seconds:.1f} s; "
+              f"recall@1 {at1 / len(queries):.3f}, recall@10 (people) {at10 / len(queries):.3f}",
+              flush=True)
+    conn.close()
+
+
+def run(exe: Path, pkl: Path, home: Path, *args: str) -> tuple[float, dict]:
+    env = {**os.environ, "FACESEARCH_HOME": str(home)}
+    env.pop("FACESEARCH_DATABASE_URL", None)
+    t = time.perf_counter()
+    out = subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, check=True).stdout
+    return time.perf_counter() - t, (json.loads(out) if "--json" in args else {})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--faces", type=int, default=25_000)
+    ap.add_argument("--dim", type=int, default=512, choices=sorted(MODELS))
+    ap.add_argument("--per-person", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1, help="Repeat on new data directories.")
+    ap.add_argument("--index-variants", action="store_true",
+                    help="Time the index build alone: workers and ef_construction, with recall.")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="facesearch-import-"))
+    # Registered first, so it runs last: after the embedded servers this process started stop.
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    if args.index_variants:
+        print(f"command: python -m bench.bench_import --index-variants --faces {args.faces} "
+              f"--dim {args.dim}")
+        print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
+        index_variants(args.faces, args.dim, args.per_person, work / "home")
+        return
+    pkl = work / export_filename(MODELS[args.dim])
+    t = time.perf_counter()
+    people = write_pkl(pkl, args.faces, args.dim, args.per_person)
+    print(f"command: python -m bench.bench_import --faces {args.faces} --dim {args.dim} "
+          f"--per-person {args.per_person} --rounds {args.rounds}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
+    print(f"file: {args.faces} rows, {people} people, {pkl.stat().st_size / 1e6:.0f} MB "
+          f"(written in {time.perf_counter() - t:.1f} s)")
+    exe = Path(sys.executable).parent / "facesearch"
+    import_args = ("import-pkl", str(pkl), "--domain", "bench", "--json")
+    for r in range(args.rounds):
+        # A new data directory (initdb and first start inside the timed command), imported twice;
+        # then one whose server was set up by an earlier command (`domains list`).
+        fresh, ready = work / f"fresh{r}", work / f"ready{r}"
+        runs = [("fresh data directory", fresh), ("again (all already there)", fresh)]
+        run(exe, pkl, ready, "domains", "list")
+        runs.append(("data directory set up by an earlier command", ready))
+        for label, home in runs:
+            seconds, s = run(exe, pkl, home, *import_args)
+            print(f"round {r + 1}, {label}: {seconds:.1f} s whole command (read and check "
+                  f"{s['seconds']['read']} s, store and index {s['seconds']['store']} s); imported "
+                  f"{s['imported']}, already there {s['already_there']}, index {s['index']}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
