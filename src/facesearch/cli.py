@@ -706,6 +706,30 @@ def export_pkl(obj: Context, domain: str, out: Path, model_option: str | None, d
                    "detector opencv; put yours in the name)", err=True)
 
 
+# -- doctor --------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of {check, status, detail, hint}.")
+@click.pass_obj
+def doctor(obj: Context, as_json: bool) -> None:
+    """Check the database, the model and the process layout: one ok / warn / fail line per check,
+    with what to do next. Exit code 1 if any check fails."""
+    from .doctor import format_line, run, summary
+
+    checks = []
+    for check in run(obj.settings):
+        checks.append(check)
+        if not as_json:
+            click.echo(format_line(check))
+    if as_json:
+        emit([c.as_dict() for c in checks])
+    else:
+        click.echo(summary(checks))
+    if any(c.status == "fail" for c in checks):
+        raise click.exceptions.Exit(1)
+
+
 # -- serve ---------------------------------------------------------------------------------------
 
 @cli.command()
