@@ -45,11 +45,11 @@ def per_face_ms(run: Callable[[np.ndarray], object], chips: np.ndarray, batch: i
     return 1000 * best / len(chips)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=32, help="number of LFW face chips")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes (best is kept)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     faces = Path(os.environ.get("FACESEARCH_FACES", REPO.parent / "shared" / "faces"))
     if not (faces / "lfw").is_dir():

@@ -1,9 +1,10 @@
 """End to end over HTTP: recognize real LFW photos through ``facesearch serve`` at several
 concurrencies; latency, throughput, where the time goes, and the processes' memory.
 
-Run: ``python -m bench.bench_http [--people 200] [--requests 200] [--concurrency 1,2,4,8]``.
-The server runs in a subprocess on a fresh data directory (its own embedded PostgreSQL), with as
-many model workers as cores; the client is this process (httpx, one thread per concurrent request).
+Run: ``python -m bench.bench_http [--people 200] [--requests 200] [--concurrency 1,2,4,8]
+[--min-face 40,80]``. For each ``--min-face`` value (FACESEARCH_MIN_FACE), a server runs in a
+subprocess on a fresh data directory (its own embedded PostgreSQL), with as many model workers as
+cores; the client is this process (httpx, one thread per concurrent request).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import numpy as np
 from .lfw import cpu_model, faces_dir
 
 
-def start_server(home: Path, workers: int, key: str) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, workers: int, key: str,
+                 min_face: int = 40) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
-    env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_ADMIN_KEY": key}
+    env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_ADMIN_KEY": key,
+           "FACESEARCH_MIN_FACE": str(min_face)}
     env.pop("FACESEARCH_DATABASE_URL", None)
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen([exe, "serve", "--port", str(port), "--workers", str(workers),
@@ -65,13 +68,31 @@ def worker_pids(pid: int) -> list[int]:
     return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--people", type=int, default=200, help="people enrolled (one photo each)")
     ap.add_argument("--requests", type=int, default=200, help="recognize requests per concurrency")
     ap.add_argument("--concurrency", default="1,2,4,8")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = ap.parse_args()
+    ap.add_argument("--min-face", default="40", help="FACESEARCH_MIN_FACE values, one server each")
+    args = ap.parse_args(argv)
+    print(f"command: python -m bench.bench_http --people {args.people} --requests "
+          f"{args.requests} --concurrency {args.concurrency} --workers {args.workers} "
+          f"--min-face {args.min_face}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
+          f"{args.workers} model workers\n")
+    print("| min_face | concurrency | requests/s | p50 ms | p95 ms | server: decode | detect | embed "
+          "| search | total (medians, ms) | right person first |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    notes = [run(args, int(m)) for m in args.min_face.split(",")]
+    print()
+    for note in notes:
+        print(note)
+
+
+def run(args: argparse.Namespace, min_face: int) -> str:
+    """One server with this FACESEARCH_MIN_FACE: enroll, then the concurrency rows; returns the
+    enrollment and memory figures."""
     lfw = faces_dir() / "lfw"
     people = sorted(d for d in lfw.iterdir() if len(list(d.glob("*.jpg"))) >= 2)
     people = people[:: max(1, len(people) // args.people)][: args.people]
@@ -80,7 +101,7 @@ def main() -> None:
 
     key = "fsa_bench_" + secrets.token_urlsafe(16)
     home = Path(tempfile.mkdtemp(prefix="facesearch-bench-http-"))
-    proc, base = start_server(home, args.workers, key)
+    proc, base = start_server(home, args.workers, key, min_face)
     headers = {"Authorization": f"Bearer {key}"}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
@@ -94,15 +115,9 @@ def main() -> None:
             enroll_s = time.perf_counter() - t
             faces = sum(r.json().get("enrolled", 0) for r in enrolled if r.status_code == 201)
 
-        print(f"command: python -m bench.bench_http --people {args.people} --requests "
-              f"{args.requests} --concurrency {args.concurrency} --workers {args.workers}")
-        print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
-              f"{args.workers} model workers; {faces} faces enrolled from {len(gallery)} LFW photos "
-              f"in {enroll_s:.1f} s over HTTP ({faces / enroll_s:.1f} faces/s, "
-              f"{args.workers * 2} concurrent requests)\n")
-        print("| concurrency | requests/s | p50 ms | p95 ms | server: decode | detect | embed "
-              "| search | total (medians, ms) | right person first |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        note = (f"min_face {min_face}: {faces} faces enrolled from {len(gallery)} LFW photos in "
+                f"{enroll_s:.1f} s over HTTP ({faces / enroll_s:.1f} faces/s, "
+                f"{args.workers * 2} concurrent requests)")
         photos = [(p, p.read_bytes()) for p in probes]
         for conc in (int(c) for c in args.concurrency.split(",")):
             with httpx.Client(base_url=base, headers=headers, timeout=120,
@@ -128,13 +143,13 @@ def main() -> None:
             split = {k: np.median([r[1].get(k, np.nan) for r in results])
                      for k in ("decode", "detect", "embed", "search", "total")}
             right = np.mean([r[2] for r in results])
-            print(f"| {conc} | {len(results) / wall:.1f} | {np.percentile(ms, 50):.1f} | "
+            print(f"| {min_face} | {conc} | {len(results) / wall:.1f} | {np.percentile(ms, 50):.1f} | "
                   f"{np.percentile(ms, 95):.1f} | {split['decode']:.1f} | {split['detect']:.1f} | "
                   f"{split['embed']:.1f} | {split['search']:.2f} | {split['total']:.1f} | "
                   f"{100 * right:.1f} % |")
         workers = worker_pids(proc.pid)
-        print(f"\nresident memory: API process {rss_mb(proc.pid):.0f} MB; model workers "
-              + ", ".join(f"{rss_mb(w):.0f} MB" for w in workers))
+        return (note + f"; resident memory: API process {rss_mb(proc.pid):.0f} MB, model workers "
+                + ", ".join(f"{rss_mb(w):.0f} MB" for w in workers))
     finally:
         proc.terminate()
         proc.wait(60)

@@ -118,7 +118,7 @@ def run(exe: Path, pkl: Path, home: Path, *args: str) -> tuple[float, dict]:
     return time.perf_counter() - t, (json.loads(out) if "--json" in args else {})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--faces", type=int, default=25_000)
     ap.add_argument("--dim", type=int, default=512, choices=sorted(MODELS))
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="Repeat on new data directories.")
     ap.add_argument("--index-variants", action="store_true",
                     help="Time the index build alone: workers and ef_construction, with recall.")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="facesearch-import-"))
     # Registered first, so it runs last: after the embedded servers this process started stop.
     atexit.register(shutil.rmtree, work, ignore_errors=True)

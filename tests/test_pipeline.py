@@ -108,6 +108,33 @@ def test_small_faces_are_found(pool, lfw: Path) -> None:
     assert a.faces_found == 1 and a.faces[0].box.w < 60
 
 
+def test_min_face_and_largest_only(pool, lfw: Path) -> None:
+    """A large face (~120 px) and a small one (~40 px) in a 500 px photo: the default finds both;
+    ``min_face=80`` only the large one; ``largest`` (enrollment, verify) skips the small-face
+    search when a large face is there, and still finds a lone small face."""
+    canvas = Image.new("RGB", (500, 375), (90, 110, 90))
+    canvas.paste(Image.open(lfw / "Colin_Powell" / "Colin_Powell_0001.jpg").resize((300, 300)), (0, 40))
+    small = Image.open(lfw / "Tony_Blair" / "Tony_Blair_0001.jpg").resize((90, 90))
+    canvas.paste(small, (360, 100))
+    both = pool.analyze(png(canvas))
+    assert both.faces_found == 2 and both.faces[0].box.w > 100 > 50 > both.faces[1].box.w
+    for options in ({"min_face": 80}, {"largest": True}):
+        one = pool.analyze(png(canvas), **options)
+        assert one.faces_found == 1, options
+        assert abs(one.faces[0].box.x - both.faces[0].box.x) < 15, options  # the same, large face
+    lone = Image.new("RGB", (500, 375), (90, 110, 90))
+    lone.paste(small, (200, 120))
+    assert pool.analyze(png(lone), min_face=80).faces_found == 0
+    found = pool.analyze(png(lone), largest=True)
+    assert found.faces_found == 1 and found.faces[0].box.w < 50
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
 def test_bad_input_errors_cross_the_process_boundary(pool, lfw: Path) -> None:
     with pytest.raises(UnsupportedImage):
         pool.analyze(b"not an image")

@@ -59,10 +59,11 @@ class Context:
         with open_gallery(self.settings) as gallery:
             yield gallery
 
-    def analyze(self, pool: ModelPool, path: Path, *, embed: bool = True) -> Future[Analysis]:
+    def analyze(self, pool: ModelPool, path: Path, *, embed: bool = True,
+                largest: bool = False) -> Future[Analysis]:
         s = self.settings
         return pool.submit(path.read_bytes(), max_pixels=s.max_pixels, max_faces=s.max_faces,
-                           embed=embed)
+                           embed=embed, min_face=s.min_face, largest=largest)
 
 
 def emit(data: Any) -> None:
@@ -103,6 +104,9 @@ class FacesearchGroup(click.Group):
               help="Face detector (env FACESEARCH_DETECTOR; default hog).")
 @click.option("--runtime", type=click.Choice(["dlib", "onnx"]),
               help="Where the embedding network runs (env FACESEARCH_RUNTIME).")
+@click.option("--min-face", type=click.IntRange(20, 10_000), metavar="PX",
+              help="Smallest face looked for, in pixels (env FACESEARCH_MIN_FACE; default 40; "
+                   "80 is ~3x faster on small photos).")
 @click.pass_context
 def cli(ctx: click.Context, **options: Any) -> None:
     """Face recognition against per-domain galleries on PostgreSQL + pgvector."""
@@ -230,10 +234,12 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
             bar.update(len(members))
 
         def send() -> None:
-            # Only the largest face is enrolled, so only it is embedded (faces_found counts all).
+            # Only the largest face is enrolled, so only it is embedded, and small faces are looked
+            # for only in photos without a large one (faces_found counts the faces looked for).
             future = pool.submit_batch([data for *_, data in batch],
                                        max_pixels=obj.settings.max_pixels, max_faces=1,
-                                       thumbnails=obj.settings.thumbnails)
+                                       thumbnails=obj.settings.thumbnails,
+                                       min_face=obj.settings.min_face, largest=True)
             in_flight.append((future, [(n, p, h) for n, p, h, _ in batch]))
             batch.clear()
             if len(in_flight) > pool.workers * 2:
@@ -302,7 +308,7 @@ def recognize(obj: Context, photos: tuple[Path, ...], domain: str, top_k: int,
 
         def submit(photo: Path) -> None:
             futures[photo] = pool.submit(photo.read_bytes(), max_pixels=s.max_pixels,
-                                         max_faces=max_faces or s.max_faces)
+                                         max_faces=max_faces or s.max_faces, min_face=s.min_face)
 
         for photo in photos[:window]:
             submit(photo)
@@ -368,7 +374,7 @@ def verify(obj: Context, photo_a: Path, photo_b: Path, threshold: float | None,
     """Are the (largest) faces in two photos the same person?"""
     threshold = obj.settings.threshold if threshold is None else threshold
     with obj.pool(2) as pool:
-        futures = [obj.analyze(pool, p) for p in (photo_a, photo_b)]
+        futures = [obj.analyze(pool, p, largest=True) for p in (photo_a, photo_b)]
         analyses = [pool.result(f) for f in futures]
     for path, analysis in zip((photo_a, photo_b), analyses, strict=True):
         if not analysis.faces:

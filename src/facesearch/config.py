@@ -52,6 +52,9 @@ class Settings:
     threshold: float = DEFAULT_THRESHOLD
     max_pixels: int = 40_000_000
     max_faces: int = 50
+    # The smallest face (px) looked for. Faces under 80 px cost a 2x upsampled search (~4x the
+    # detection time); 80 makes small photos ~3x faster end to end but misses small faces.
+    min_face: int = 40
     max_upload: int = 15 * 1024 * 1024  # bytes per HTTP request body
     # Store a small JPEG crop of each enrolled face (for the web page's lists): a few KB a face.
     thumbnails: bool = True
@@ -72,11 +75,14 @@ class Settings:
             threshold=_env_number("FACESEARCH_THRESHOLD", DEFAULT_THRESHOLD, float),
             max_pixels=int(_env_number("FACESEARCH_MAX_PIXELS", 40_000_000)),
             max_faces=int(_env_number("FACESEARCH_MAX_FACES", 50)),
+            min_face=int(_env_number("FACESEARCH_MIN_FACE", 40)),
             max_upload=int(_env_number("FACESEARCH_MAX_UPLOAD_MB", 15, float) * 1024 * 1024),
             thumbnails=_env_flag("FACESEARCH_THUMBNAILS", True),
             admin_key=os.environ.get("FACESEARCH_ADMIN_KEY") or None,
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
         )
+        if settings.min_face < 20:
+            raise SystemExit("error: FACESEARCH_MIN_FACE must be at least 20 (pixels)")
         given = {k: v for k, v in overrides.items() if v is not None}
         if "home" in given:
             given["home"] = Path(str(given["home"]))

@@ -30,7 +30,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Literal, TypeVar
 
 from ..errors import FacesearchError, ModelError
-from ..models.base import Analysis
+from ..models.base import MIN_FACE, Analysis
 from . import worker
 
 T = TypeVar("T")
@@ -148,25 +148,32 @@ class ModelPool:
                 self._cond.wait(remaining)
 
     def submit(self, data: bytes, *, max_pixels: int, max_faces: int, embed: bool = True,
-               thumbnails: bool = False) -> Future[Analysis]:
+               thumbnails: bool = False, min_face: int = MIN_FACE,
+               largest: bool = False) -> Future[Analysis]:
         """Queue one photo; the future's result is an :class:`Analysis` or a FacesearchError.
-        ``thumbnails``: also a small JPEG crop of each face (``Face.thumbnail``), for enrollment."""
-        return self._submit("analyze", (data, max_pixels, max_faces, embed, thumbnails))
+        ``thumbnails``: also a small JPEG crop of each face (``Face.thumbnail``), for enrollment.
+        ``min_face``, ``largest``: how hard to look for small faces (``FaceModel.detect``)."""
+        return self._submit("analyze", (data, max_pixels, max_faces, embed, thumbnails,
+                                        min_face, largest))
 
     def submit_batch(self, photos: list[bytes], *, max_pixels: int, max_faces: int,
-                     thumbnails: bool = False) -> Future[list[Analysis | FacesearchError]]:
+                     thumbnails: bool = False, min_face: int = MIN_FACE,
+                     largest: bool = False) -> Future[list[Analysis | FacesearchError]]:
         """Queue several photos as one task (one embedding call for all their faces); each
         photo's result is an :class:`Analysis` or the FacesearchError it raised."""
-        return self._submit("analyze_batch", (photos, max_pixels, max_faces, thumbnails))
+        return self._submit("analyze_batch", (photos, max_pixels, max_faces, thumbnails,
+                                              min_face, largest))
 
     def result(self, future: Future[T]) -> T:
         """Wait for a submitted task; a dead worker or an unloadable model is a :class:`ModelError`."""
         return future.result()
 
     def analyze(self, data: bytes, *, max_pixels: int = 40_000_000, max_faces: int = 50,
-                embed: bool = True, thumbnails: bool = False) -> Analysis:
+                embed: bool = True, thumbnails: bool = False, min_face: int = MIN_FACE,
+                largest: bool = False) -> Analysis:
         return self.result(self.submit(data, max_pixels=max_pixels, max_faces=max_faces,
-                                       embed=embed, thumbnails=thumbnails))
+                                       embed=embed, thumbnails=thumbnails, min_face=min_face,
+                                       largest=largest))
 
     def process_reports(self) -> list[dict[str, object]]:
         """Ask each loaded worker what it has loaded (see :func:`worker.process_report`)."""

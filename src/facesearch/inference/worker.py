@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import FacesearchError, ModelError
 from ..imaging import decode_image, face_thumbnail
-from ..models.base import Analysis
+from ..models.base import MIN_FACE, Analysis
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -45,13 +45,14 @@ def init(spec: dict[str, object]) -> None:
     )
 
 
-def _find(data: bytes, max_pixels: int, max_faces: int) -> tuple[np.ndarray, Analysis]:
+def _find(data: bytes, max_pixels: int, max_faces: int, min_face: int,
+          largest: bool) -> tuple[np.ndarray, Analysis]:
     """Decode and detect: the image, and its analysis without embeddings yet."""
     assert _model is not None, "worker not initialised"
     t0 = time.perf_counter()
     image = decode_image(data, max_pixels)
     t1 = time.perf_counter()
-    faces = _model.detect(image)
+    faces = _model.detect(image, min_face=min_face, largest=largest)
     t2 = time.perf_counter()
     height, width = image.shape[:2]
     return image, Analysis(width=width, height=height, faces=faces[:max_faces],
@@ -70,10 +71,10 @@ def _add_thumbnails(image: np.ndarray, analysis: Analysis) -> None:
 
 
 def analyze(data: bytes, max_pixels: int, max_faces: int, embed: bool = True,
-            thumbnails: bool = False) -> Analysis:
+            thumbnails: bool = False, min_face: int = MIN_FACE, largest: bool = False) -> Analysis:
     """Decode a photo, find its faces (largest first) and, if asked, embed the first ``max_faces``
-    and crop a thumbnail of each."""
-    image, analysis = _find(data, max_pixels, max_faces)
+    and crop a thumbnail of each. ``min_face`` and ``largest``: see ``FaceModel.detect``."""
+    image, analysis = _find(data, max_pixels, max_faces, min_face, largest)
     if embed:
         t0 = time.perf_counter()
         _model.embed(image, analysis.faces)
@@ -83,8 +84,8 @@ def analyze(data: bytes, max_pixels: int, max_faces: int, embed: bool = True,
     return analysis
 
 
-def analyze_batch(photos: list[bytes], max_pixels: int, max_faces: int,
-                  thumbnails: bool = False) -> list[Analysis | FacesearchError]:
+def analyze_batch(photos: list[bytes], max_pixels: int, max_faces: int, thumbnails: bool = False,
+                  min_face: int = MIN_FACE, largest: bool = False) -> list[Analysis | FacesearchError]:
     """:func:`analyze` for several photos with one embedding call for all their faces. A photo
     that cannot be read gives its error in its place instead of failing the batch. ``embed`` in
     ``timings_ms`` is the batch's time shared out per face."""
@@ -92,7 +93,7 @@ def analyze_batch(photos: list[bytes], max_pixels: int, max_faces: int,
     found: list[tuple[np.ndarray, Analysis]] = []
     for data in photos:
         try:
-            image, analysis = _find(data, max_pixels, max_faces)
+            image, analysis = _find(data, max_pixels, max_faces, min_face, largest)
         except FacesearchError as exc:
             results.append(exc)
             continue

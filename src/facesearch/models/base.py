@@ -58,6 +58,10 @@ class Analysis:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+# The smallest face looked for by default, in pixels: faces in group photos are this small.
+MIN_FACE = 40
+
+
 class FaceModel(ABC):
     """One face model: ``name`` and ``dim`` identify its embeddings in the gallery.
 
@@ -68,8 +72,12 @@ class FaceModel(ABC):
     dim: int
 
     @abstractmethod
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces of an RGB ``(h, w, 3)`` uint8 image, with boxes, scores and landmarks."""
+    def detect(self, image: np.ndarray, *, min_face: int = MIN_FACE,
+               largest: bool = False) -> list[Face]:
+        """Faces of an RGB ``(h, w, 3)`` uint8 image, largest first, with boxes, scores and
+        landmarks. ``min_face``: the smallest face (px) to look for. ``largest``: only the largest
+        face matters (enrollment, verify), so a model may skip the costly search for small faces
+        when it has found a large one."""
 
     @abstractmethod
     def embed(self, image: np.ndarray, faces: list[Face]) -> None:

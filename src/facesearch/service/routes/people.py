@@ -147,9 +147,12 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
     if not photos:
         raise BadRequest("no photo in the request: send photos as file fields 'photo'")
     index = 0 if face in (None, "largest") else int(face)
+    # The largest face is enrolled: small faces are looked for only in photos without a large
+    # one, so "several faces" means several large ones (a face picked by index needs them all).
     analyses = await asyncio.gather(
         *(svc.analyze(p.data, max_faces=min(index + 1, svc.settings.max_faces),
-                      thumbnails=svc.settings.thumbnails) for p in photos),
+                      thumbnails=svc.settings.thumbnails, largest=face is None or face == "largest")
+          for p in photos),
         return_exceptions=True)
     results: list[dict] = []
     chosen: list[tuple[int, Face, bytes]] = []  # (result index, face, photo sha256)

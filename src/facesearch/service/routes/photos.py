@@ -75,7 +75,7 @@ async def verify(request: Request, _: CallerDep, svc: ServiceDep,
     photos = upload.named("photo1", "photo2") or upload.photos
     if len(photos) != 2:
         raise BadRequest(f"send two photos, as file fields 'photo1' and 'photo2' (got {len(photos)})")
-    analyses = await asyncio.gather(*(svc.analyze(p.data, max_faces=1) for p in photos))
+    analyses = await asyncio.gather(*(svc.analyze(p.data, max_faces=1, largest=True) for p in photos))
     for label, analysis in zip(("photo1", "photo2"), analyses, strict=True):
         if not analysis.faces:
             raise NoFace(f"no face found in {label}")
