@@ -1,0 +1,78 @@
+"""The benchmark scripts still run: each on tiny inputs, as a user would start it (``python -m``).
+
+They check that the chain works and prints its table, not the figures (tests never assert timings).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench(faces_root: Path, tmp_path: Path, *args: str) -> str:
+    env = {**os.environ, "FACESEARCH_FACES": str(faces_root), "TMPDIR": str(tmp_path)}
+    env.pop("FACESEARCH_DATABASE_URL", None)
+    env.pop("FACESEARCH_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The Markdown table body rows (headers, the line above each rule, left out)."""
+    lines = out.splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for i, line in enumerate(lines)
+            if line.startswith("|") and not line.startswith("|--") and not line.startswith("|:")
+            and "---" not in line and not (i + 1 < len(lines) and "---" in lines[i + 1])]
+
+
+def test_detect(faces_root: Path, tmp_path: Path) -> None:
+    rows = table_rows(bench(faces_root, tmp_path, "bench.bench_detect", "--photos", "4"))
+    assert len(rows) == 7 and any("largest face only" in r[0] for r in rows)
+    for row in rows:
+        assert float(row[1]) > 0 and re.fullmatch(r"[0-4] / 4 \(.*%\)", row[2]), row
+
+
+def test_embed(faces_root: Path, tmp_path: Path) -> None:
+    rows = table_rows(bench(faces_root, tmp_path, "bench.bench_embed", "--faces", "2", "--rounds", "1"))
+    assert {r[0].split()[0] for r in rows} >= {"dlib", "onnxruntime"}
+
+
+def test_enroll(faces_root: Path, tmp_path: Path) -> None:
+    out = bench(faces_root, tmp_path, "bench.bench_enroll", "--people", "2")
+    first = re.search(r"first run: (\d+) photos .* enrolled (\d+), already 0", out)
+    again = re.search(r"re-run: (\d+) photos .* enrolled 0, already (\d+)", out)
+    assert first and again, out
+    assert int(first[2]) == int(again[2]) > 0
+
+
+def test_http(faces_root: Path, tmp_path: Path) -> None:
+    out = bench(faces_root, tmp_path, "bench.bench_http", "--people", "3", "--requests", "4",
+                "--concurrency", "1", "--min-face", "80")
+    (row,) = table_rows(out)
+    assert row[:2] == ["80", "1"] and float(row[2]) > 0, row
+    assert re.search(r"3 faces enrolled from 3 LFW photos", out), out
+
+
+def test_import(faces_root: Path, tmp_path: Path) -> None:
+    out = bench(faces_root, tmp_path, "bench.bench_import", "--faces", "300", "--dim", "128")
+    assert "fresh data directory" in out and "imported 300, already there 0" in out, out
+    assert "imported 0, already there 300" in out, out
+
+
+def test_runner_quick_and_unknown_names(faces_root: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.md"
+    bench(faces_root, tmp_path, "bench", "--quick", "--only", "detect", "--out", str(report))
+    text = report.read_text()
+    assert "## detect" in text and "python -m bench.bench_detect --photos" in text
+    assert len(table_rows(text)) == 7
+    with pytest.raises(AssertionError, match="unknown benchmark"):
+        bench(faces_root, tmp_path, "bench", "--only", "nope")
