@@ -53,12 +53,31 @@ def db_url(settings: Settings) -> str:
     return database_url(settings)
 
 
+# The gallery stores: ``@pytest.mark.parametrize("gallery", STORES, indirect=True)`` runs a test
+# against both (the same interface; see facesearch.store.pkl).
+STORES = ["pgvector", "pkl"]
+
+
+@pytest.fixture(scope="session")
+def pkl_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory for PKL mode (FACESEARCH_STORE=pkl), apart from ``home`` so that tests
+    can tell no PostgreSQL was started in it."""
+    return tmp_path_factory.mktemp("pkl-home")
+
+
 @pytest.fixture
-def gallery(db_url: str) -> Iterator:
-    """The async Gallery behind blocking calls (:class:`facesearch.store.BlockingGallery`)."""
+def gallery(request: pytest.FixtureRequest) -> Iterator:
+    """The async Gallery behind blocking calls (:class:`facesearch.store.BlockingGallery`); with
+    the indirect parameter "pkl", :class:`facesearch.store.pkl.BlockingPklGallery` in ``pkl_home``."""
+    if getattr(request, "param", "pgvector") == "pkl":
+        from facesearch.store.pkl import BlockingPklGallery
+
+        with BlockingPklGallery(request.getfixturevalue("pkl_home") / "pkl") as g:
+            yield g
+        return
     from facesearch.store import BlockingGallery
 
-    with BlockingGallery(db_url) as g:
+    with BlockingGallery(request.getfixturevalue("db_url")) as g:
         yield g
 
 

@@ -107,6 +107,9 @@ class FacesearchGroup(click.Group):
 @click.option("--min-face", type=click.IntRange(20, 10_000), metavar="PX",
               help="Smallest face looked for, in pixels (env FACESEARCH_MIN_FACE; default 40; "
                    "80 is ~3x faster on small photos).")
+@click.option("--store", type=click.Choice(["pgvector", "pkl"]),
+              help="Where galleries live (env FACESEARCH_STORE; default pgvector): PostgreSQL, or "
+                   "pkl: DeepFace PKL files in the data directory, no database.")
 @click.pass_context
 def cli(ctx: click.Context, **options: Any) -> None:
     """Face recognition against per-domain galleries on PostgreSQL + pgvector."""
@@ -576,6 +579,7 @@ def import_pkl(obj: Context, file: Path, domain: str, model_option: str | None, 
     from . import deepface_pkl, names
     from .store import database_url, prepare
     from .store.gallery import HNSW_MAX_DIMS
+    from .store.pkl import uses_pkl
 
     names.domain_name(domain)
     deepface_model = deepface_pkl.resolve_model(file, model_option)
@@ -583,7 +587,8 @@ def import_pkl(obj: Context, file: Path, domain: str, model_option: str | None, 
     started = time.perf_counter()
     # The database starts (initdb the first time) in other processes while this one unpickles.
     with ThreadPoolExecutor(1) as executor:
-        warm = executor.submit(lambda: prepare(database_url(obj.settings)))
+        pkl = uses_pkl(obj.settings.store)  # PKL mode: no database to start
+        warm = executor.submit(lambda: None if pkl else prepare(database_url(obj.settings)))
         contents = deepface_pkl.read_pkl(file)
         deepface_pkl.check_dimension(contents, deepface_model, file)
         if not contents.faces:
@@ -609,7 +614,7 @@ def import_pkl(obj: Context, file: Path, domain: str, model_option: str | None, 
         "no_face_rows": contents.no_face, "several_faces": contents.several_faces,
         "other_faces_skipped": contents.other_faces, "people": len(contents.people),
         "model": model, "deepface_model": deepface_model, "dimensions": dim,
-        "index": "hnsw" if dim <= HNSW_MAX_DIMS else "none",
+        "index": "none" if pkl or dim > HNSW_MAX_DIMS else "hnsw",
         "seconds": {"read": round(read - started, 2), "store": round(time.perf_counter() - read, 2)},
     }
     if as_json:
@@ -622,7 +627,7 @@ def import_pkl(obj: Context, file: Path, domain: str, model_option: str | None, 
     if contents.several_faces:
         click.echo(f"  {contents.several_faces} photo(s) had several faces: the largest of each was "
                    f"imported, {contents.other_faces} other face(s) skipped", err=True)
-    if dim > HNSW_MAX_DIMS:
+    if dim > HNSW_MAX_DIMS and not pkl:
         click.echo(f"  no vector index: pgvector's HNSW indexes at most {HNSW_MAX_DIMS} dimensions, so "
                    f"searches of this {dim}-d model compare every face (exact, slower on big domains)",
                    err=True)
@@ -758,14 +763,16 @@ def serve(obj: Context, host: str, port: int, model_workers: int | None, log_lev
     from .service.app import create_app
     from .service.observability import configure_logging
     from .store import database_url, prepare
+    from .store.pkl import uses_pkl
 
     settings = obj.settings if model_workers is None else replace(obj.settings, workers=model_workers)
     configure_logging(getattr(logging, log_level.upper()))
     # Database first, so a wrong URL or a missing pgvector is a plain message and exit code 1, not
     # a failed application start-up. (No connection is kept: the app opens its pool at start-up.)
-    url = database_url(settings)
-    prepare(url)
-    settings = replace(settings, database_url=url)
+    if not uses_pkl(settings.store):  # PKL mode has no database
+        url = database_url(settings)
+        prepare(url)
+        settings = replace(settings, database_url=url)
     # Uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler found before it
     # started. Make that handler a normal exit, so atexit hooks run: the last one stops the
     # embedded PostgreSQL.

@@ -61,6 +61,9 @@ class Settings:
     # The service's admin key; unset: one is generated at first start (see service.auth).
     admin_key: str | None = field(default=None, repr=False)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Where galleries live: "pgvector" (PostgreSQL) or "pkl" (DeepFace PKL files under home/pkl, no
+    # database at all; see store/pkl.py).
+    store: str = "pgvector"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -80,6 +83,7 @@ class Settings:
             thumbnails=_env_flag("FACESEARCH_THUMBNAILS", True),
             admin_key=os.environ.get("FACESEARCH_ADMIN_KEY") or None,
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
+            store=(os.environ.get("FACESEARCH_STORE") or "pgvector").strip().lower(),
         )
         if settings.min_face < 20:
             raise SystemExit("error: FACESEARCH_MIN_FACE must be at least 20 (pixels)")

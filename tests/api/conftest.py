@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 ADMIN_KEY = "fsa_test_" + secrets.token_urlsafe(16)
+# A PostgreSQL URL nothing answers (port 1): given to PKL-mode processes, which must not use it.
+UNREACHABLE_DB = "postgresql://facesearch@127.0.0.1:1/none?connect_timeout=1"
 
 
 def free_port() -> int:
@@ -102,6 +104,17 @@ def server(home: Path, db_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     """The session's server: 2 model workers, on the session's embedded PostgreSQL."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     srv = start_server(home, log, "--workers", "2")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def pkl_server(pkl_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server in PKL mode (FACESEARCH_STORE=pkl) on its own data directory, 2 model workers. Its
+    database URL points at nothing: PKL mode must never contact a database."""
+    log = tmp_path_factory.mktemp("pkl-server") / "server.log"
+    srv = start_server(pkl_home, log, "--workers", "2", env={
+        "FACESEARCH_STORE": "pkl", "FACESEARCH_DATABASE_URL": UNREACHABLE_DB})
     yield srv
     srv.stop()
 

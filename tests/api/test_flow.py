@@ -1,4 +1,5 @@
-"""The whole job over HTTP on LFW photos: domain, key, enroll, recognize, verify, detect, delete."""
+"""The whole job over HTTP on LFW photos: domain, key, enroll, recognize, verify, detect, delete.
+Run against both stores: PostgreSQL + pgvector, and PKL mode (DeepFace files, no database)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,30 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ..conftest import photos_of
-from .conftest import ADMIN_KEY, assert_error, jpeg, pick_people
+from facesearch import deepface_pkl
+from facesearch.store.pkl import SIDECAR, person_folder
+
+from ..conftest import STORES, photos_of
+from .conftest import ADMIN_KEY, Server, assert_error, jpeg, pick_people
 
 DOMAIN = "api-flow"
 
 
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def flow(server, lfw: Path) -> dict:
+def api(store: str, request: pytest.FixtureRequest) -> Server:
+    """The session's server (pgvector), or one in PKL mode."""
+    return request.getfixturevalue("server" if store == "pgvector" else "pkl_server")
+
+
+@pytest.fixture(scope="module")
+def flow(api: Server, store: str, lfw: Path) -> dict:
     """20 people enrolled with 3 photos each through a domain key; their 4th photo held out."""
+    server = api
     r = server.admin.post("/v1/domains", json={"name": DOMAIN})
     assert r.status_code == 201, r.text
     assert r.json()["faces"] == 0
@@ -33,7 +49,8 @@ def flow(server, lfw: Path) -> dict:
         assert body["person"]["name"] == name and body["enrolled"] >= 1
         people[name] = body["person"]["id"]
         held_out[name] = photos[3]
-    return {"client": client, "key": key, "people": people, "held_out": held_out}
+    return {"client": client, "key": key, "people": people, "held_out": held_out, "server": server,
+            "store": store}
 
 
 def test_enroll_response_lists_each_photo(flow: dict, lfw: Path) -> None:
@@ -166,7 +183,7 @@ def test_people_listing_and_update(flow: dict) -> None:
     assert_error(client.get(f"/v1/domains/{DOMAIN}/people/{pid}"), 404, "not_found")
 
 
-def test_delete_person_removes_biometric_data(flow: dict, db) -> None:
+def test_delete_person_removes_biometric_data(flow: dict, request: pytest.FixtureRequest) -> None:
     client = flow["client"]
     name, photo = list(flow["held_out"].items())[-1]
     pid = flow["people"][name]
@@ -176,14 +193,27 @@ def test_delete_person_removes_biometric_data(flow: dict, db) -> None:
     assert_error(client.delete(f"/v1/domains/{DOMAIN}/faces/{faces[0]['id']}"), 404)
     deleted = client.delete(f"/v1/domains/{DOMAIN}/people/{pid}")
     assert deleted.status_code == 200 and deleted.json()["name"] == name
-    assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
-    assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    if flow["store"] == "pgvector":
+        db = request.getfixturevalue("db")
+        assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    else:  # PKL mode: their rows are gone from the DeepFace file, they from the sidecar
+        folder = flow["server"].home / "pkl" / DOMAIN
+        (pkl,) = folder.glob("ds_model_*.pkl")
+        rows = deepface_pkl.safe_load(pkl.read_bytes())
+        assert rows and not [r for r in rows if f"/{person_folder(name)}/" in r["identity"]]
+        assert not [f for f in faces if any(r["identity"].endswith(f"/facesearch-{f['id']}.jpg")
+                                            for r in rows)]
+        sidecar = json.loads((folder / SIDECAR).read_text())
+        assert pid not in {p["id"] for p in sidecar["people"]} | {f["person_id"] for f in sidecar["faces"]}
+        assert not (flow["server"].home / "pgdata").exists()  # and no database was ever made
     after = client.post(f"/v1/domains/{DOMAIN}/recognize", files={"photo": jpeg(photo)}).json()
     assert all(m["person_id"] != pid for f in after["faces"] for m in f["matches"])
     assert_error(client.get(f"/v1/domains/{DOMAIN}/people/{pid}/faces"), 404, "not_found")
 
 
-def test_domain_counts_metrics_and_logs(flow: dict, server) -> None:
+def test_domain_counts_metrics_and_logs(flow: dict) -> None:
+    server = flow["server"]
     info = flow["client"].get(f"/v1/domains/{DOMAIN}").json()
     assert info["name"] == DOMAIN and info["faces"] >= 19 and info["people"] >= 19
     listed = {d["name"]: d for d in server.admin.get("/v1/domains").json()["domains"]}

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import psycopg
 import psycopg_pool
@@ -24,12 +25,16 @@ from ..config import Settings
 from ..errors import FacesearchError
 from ..inference import ModelPool, ModelSpec
 from ..store import database_url, open_pool, prepare
+from ..store.pkl import PklStore, uses_pkl
 from .auth import admin_key_digest
 from .observability import Metrics, RequestLog
 from .routes import domains, health, people, photos
 from .state import Service
 from .uploads import BodyLimit
 from .web import add_web_page
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("facesearch.service")
 
@@ -47,10 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = await asyncio.to_thread(database_url, settings)  # starts the embedded server if needed
-        await asyncio.to_thread(prepare, url)  # pgvector and migrations, once
-        db = open_pool(url, max_size=max(4, settings.workers * 4))
-        await db.open(wait=True, timeout=30)
+        db: AsyncConnectionPool | PklStore
+        if uses_pkl(settings.store):  # DeepFace PKL files: no database started or contacted
+            db = PklStore(settings.home / "pkl")
+            await db.open()
+        else:
+            url = await asyncio.to_thread(database_url, settings)  # starts the embedded server if needed
+            await asyncio.to_thread(prepare, url)  # pgvector and migrations, once
+            db = open_pool(url, max_size=max(4, settings.workers * 4))
+            await db.open(wait=True, timeout=30)
         spec = ModelSpec(model=settings.model, detector=settings.detector, runtime=settings.runtime,
                          cache_dir=str(settings.cache_dir))
         models = ModelPool(spec, workers=settings.workers)

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..errors import Unauthorized
 from ..models.base import Analysis
 from ..store.gallery import Domain, Gallery, GalleryCache
+from ..store.pkl import PklGallery, PklStore
 from .auth import Caller, is_admin, presented_key
 from .observability import Metrics
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 @dataclass
 class Service:
     settings: Settings
-    db: AsyncConnectionPool
+    db: AsyncConnectionPool | PklStore  # PklStore in PKL mode (FACESEARCH_STORE=pkl)
     models: ModelPool
     admin_digest: bytes
     metrics: Metrics
@@ -37,7 +38,11 @@ class Service:
 
     @asynccontextmanager
     async def gallery(self) -> AsyncIterator[Gallery]:
-        """A gallery on a pooled connection, held only for the block (never across inference)."""
+        """A gallery on a pooled connection, held only for the block (never across inference);
+        in PKL mode, one on the DeepFace files (same interface)."""
+        if isinstance(self.db, PklStore):
+            yield PklGallery(self.db)  # type: ignore[misc]
+            return
         async with self.db.connection() as conn:
             yield Gallery(conn, self.cache)
 

@@ -190,5 +190,13 @@ del _name, _method
 
 @contextmanager
 def open_gallery(settings: Settings) -> Iterator[BlockingGallery]:
+    """The blocking gallery of the configured store: PostgreSQL (started if embedded), or in PKL
+    mode the DeepFace files under ``home/pkl`` (no database is started or contacted)."""
+    from .pkl import BlockingPklGallery, uses_pkl
+
+    if uses_pkl(settings.store):
+        with BlockingPklGallery(settings.home / "pkl") as pkl:
+            yield pkl  # the same methods, over PklGallery
+        return
     with BlockingGallery(database_url(settings)) as gallery:
         yield gallery
