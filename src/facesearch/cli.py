@@ -760,6 +760,7 @@ def serve(obj: Context, host: str, port: int, model_workers: int | None, log_lev
 
     import uvicorn
 
+    from .models import check_model_files
     from .service.app import create_app
     from .service.observability import configure_logging
     from .store import database_url, prepare
@@ -767,6 +768,9 @@ def serve(obj: Context, host: str, port: int, model_workers: int | None, log_lev
 
     settings = obj.settings if model_workers is None else replace(obj.settings, workers=model_workers)
     configure_logging(getattr(logging, log_level.upper()))
+    # A model that cannot load without a download (e.g. DeepFace's weights file missing) would
+    # leave a service answering 503 forever: refuse to start, saying which file goes where.
+    check_model_files(settings.model)
     # Database first, so a wrong URL or a missing pgvector is a plain message and exit code 1, not
     # a failed application start-up. (No connection is kept: the app opens its pool at start-up.)
     if not uses_pkl(settings.store):  # PKL mode has no database

@@ -213,8 +213,11 @@ def check_tls(db: Database) -> Check:
     host = db.conn.info.host
     if pgconn.ssl_in_use:
         # psycopg does not wrap PQsslAttribute; the server tells the same of our backend.
-        row = db.all("SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        protocol, cipher = row[0] if row else ("TLS", "?")
+        row = db.all("SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl")
+        if not row:  # TLS ends before the server's backend: a pooler (pgbouncer) in between
+            return Check("database TLS", OK, f"in use to {host} (the server's own end of the "
+                         "connection is not TLS: a connection pooler in between terminates it)")
+        protocol, cipher = row[0]
         return Check("database TLS", OK, f"in use ({protocol}, {cipher})")
     if host.startswith("/"):
         return Check("database TLS", OK, "not in use: a Unix socket, which never leaves this machine")
@@ -466,11 +469,16 @@ def check_face() -> tuple[bytes, dict[str, Any]]:
 
 
 def check_model_load(pool: Any, settings: Settings) -> Check:
-    what = f"{settings.model} ({settings.runtime} runtime, {settings.detector} detector)"
+    runtime = "TensorFlow" if settings.model.startswith("deepface:") else f"{settings.runtime} runtime"
+    what = f"{settings.model} ({runtime}, {settings.detector} detector)"
     t0 = time.perf_counter()
     try:
         pool.start()
     except FacesearchError as exc:
+        if settings.model.startswith("deepface:"):
+            return Check("model", FAIL, f"{what} did not load in a worker: {exc.message}",
+                         "install facesearch[deepface] and put DeepFace's weights file where the "
+                         "message says")
         return Check("model", FAIL, f"{what} did not load in a worker: {exc.message}",
                      "reinstall facesearch's dependencies (pip install -e .); with the onnx runtime, "
                      f"deleting {settings.cache_dir} makes it convert the model again")
@@ -536,11 +544,20 @@ def check_dimension(settings: Settings, embedding: np.ndarray | None,
 
 # -- the process layout --------------------------------------------------------------------------
 
-def _maps() -> str | None:
+def _maps(pid: int | str = "self") -> str | None:
     try:
-        return Path("/proc/self/maps").read_text()
-    except OSError:  # not Linux
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # not Linux, or the process is gone
         return None
+
+
+def mapped(pid: int) -> tuple[list[str], bool] | None:
+    """The model runtimes and whether libpq are mapped in another process of this machine (a model
+    worker), from its /proc maps; None if they cannot be read."""
+    maps = _maps(pid)
+    if maps is None:
+        return None
+    return [name for name, lib in RUNTIMES.items() if lib.search(maps)], bool(LIBPQ.search(maps))
 
 
 def runtimes_here() -> list[str]:
@@ -566,20 +583,33 @@ def check_this_process() -> Check:
                  + ("" if _maps() is not None else " (no /proc: only sys.modules checked)"))
 
 
+def workers_runtimes(pids: list[int]) -> list[str]:
+    """The model runtimes mapped in the workers (read from their /proc maps), in RUNTIMES order."""
+    found = {name for pid in pids for name in (mapped(pid) or ([], False))[0]}
+    return [name for name in RUNTIMES if name in found]
+
+
 def check_workers(pool: Any) -> Check:
     reports = pool.process_reports()
     name = "process: workers"
+    runtimes = workers_runtimes([int(r["pid"]) for r in reports])
     bad = [r["pid"] for r in reports if r["libpq_loaded"]]
     if bad:
-        return Check(name, FAIL, f"libpq is mapped in model worker(s) {', '.join(map(str, bad))}",
+        tf = "tensorflow" in runtimes
+        return Check(name, FAIL, f"libpq is mapped in model worker(s) {', '.join(map(str, bad))}"
+                     + (f", which run TensorFlow: {TF_LIBPQ_WHY}" if tf else ""),
                      "a module the workers import loads psycopg (the store): import it inside the "
                      "functions that need it, never from models/ or inference/")
     pids = ", ".join(str(r["pid"]) for r in reports)
-    return Check(name, OK, f"{len(reports)} worker(s) (pid {pids}): model loaded, no libpq")
+    held = f" ({', '.join(runtimes)})" if runtimes else ""
+    return Check(name, OK, f"{len(reports)} worker(s) (pid {pids}): model loaded{held}, no libpq")
 
 
-def check_tls_and_tensorflow(tls: bool | None, workers_clean: bool | None) -> Check:
-    """TensorFlow and libpq in one process, with TLS: the seed's crash."""
+def check_tls_and_tensorflow(tls: bool | None, workers_clean: bool | None,
+                             workers_tf: bool | None = None) -> Check:
+    """TensorFlow and libpq in one process, with TLS: the seed's crash. A fail when the database
+    connection uses TLS, a warning when it does not (yet): switching TLS on would crash it.
+    ``workers_tf``: TensorFlow is mapped in the model workers (a DeepFace model)."""
     name = "TensorFlow + libpq"
     tf = "tensorflow" in runtimes_here()
     state = {True: "TLS in use", False: "TLS not in use", None: "TLS unknown"}[tls]
@@ -588,11 +618,15 @@ def check_tls_and_tensorflow(tls: bool | None, workers_clean: bool | None) -> Ch
                      f"both are loaded in this process ({state}): {TF_LIBPQ_WHY}",
                      "keep TensorFlow (DeepFace) in the model workers and the database in this process")
     if workers_clean is False:
+        if workers_tf:
+            return Check(name, FAIL if tls else WARN, f"both are loaded in the model workers (see "
+                         f"above; {state}): {TF_LIBPQ_WHY}", "keep the database out of the workers")
         return Check(name, WARN, f"libpq is mapped in the model workers (see above; {state}): a "
                      f"TensorFlow model there would crash: {TF_LIBPQ_WHY}",
                      "keep the database out of the workers")
     workers = "no libpq in the workers" if workers_clean else "the workers were not checked"
-    return Check(name, OK, f"no process holds both (no TensorFlow here, {workers}; {state})")
+    where = "TensorFlow only in the model workers" if workers_tf else "no TensorFlow here"
+    return Check(name, OK, f"no process holds both ({where}, {workers}; {state})")
 
 
 # -- all together --------------------------------------------------------------------------------
@@ -629,6 +663,7 @@ def run(settings: Settings) -> Iterator[Check]:
     spec = ModelSpec(model=settings.model, detector=settings.detector, runtime=settings.runtime,
                      cache_dir=str(settings.cache_dir))
     workers_clean: bool | None = None
+    workers_tf: bool | None = None
     with ModelPool(spec, workers=1) as pool:
         loaded = check_model_load(pool, settings)
         yield loaded
@@ -638,9 +673,10 @@ def run(settings: Settings) -> Iterator[Check]:
             yield check_dimension(settings, embedding, stored)
             workers = guard("process: workers", check_workers, pool)
             workers_clean = workers.status == OK
+            workers_tf = "tensorflow" in workers_runtimes(pool.pids())
             yield workers
     yield check_this_process()
-    yield check_tls_and_tensorflow(tls, workers_clean)
+    yield check_tls_and_tensorflow(tls, workers_clean, workers_tf)
 
 
 COLORS = {OK: "green", WARN: "yellow", FAIL: "red"}

@@ -1,5 +1,5 @@
 """Face models. Importing this package is cheap and loads no model runtime: the runtimes (dlib,
-onnxruntime) are imported by :func:`load_model`, which only the inference workers call.
+onnxruntime, TensorFlow) are imported by :func:`load_model`, which only the inference workers call.
 """
 
 from __future__ import annotations
@@ -39,15 +39,27 @@ def model_dim(name: str) -> int:
         raise ModelError(f"unknown model {name!r}; known models: {known}") from None
 
 
+def check_model_files(name: str) -> None:
+    """Raise ModelError, saying what to do, if ``name`` cannot load here without a download (its
+    runtime or weights are missing). Cheap and imports no model runtime: the API process calls it
+    before it starts, so a service that could never load its model does not start at all."""
+    model_dim(name)
+    if name.startswith(DEEPFACE_PREFIX):
+        from .deepface_model import check_installed
+
+        check_installed(name)
+
+
 def load_model(name: str, *, detector: str = "hog", runtime: str = "onnx",
                cache_dir: str | None = None, threads: int = 1) -> FaceModel:
     """Load a model by name. Call only in a worker process: this imports the model runtime."""
     model_dim(name)
     if name.startswith(DEEPFACE_PREFIX):
-        raise ModelError(
-            f"{name} galleries can be imported, listed, exported and deleted, but recognizing new "
-            "photos with this model needs the DeepFace runtime, which is not available in "
-            f"facesearch yet. Use FACESEARCH_MODEL={DLIB_MODEL} (the default) for photos.")
+        # DeepFace on TensorFlow: only ever in a worker (TensorFlow and libpq must not share a
+        # process, see deepface_model). The dlib detector finds the faces for every model.
+        from .deepface_model import DeepFaceModel
+
+        return DeepFaceModel(name, detector=detector, threads=threads)
     from .dlib_resnet import DlibResNet
 
     return DlibResNet(detector=detector, runtime=runtime, cache_dir=cache_dir, threads=threads)
