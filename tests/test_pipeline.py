@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch.config import DEFAULT_THRESHOLD
+from facesearch.config import DEFAULT_VERIFY_THRESHOLD
 from facesearch.errors import InvalidImage, UnsupportedImage
 
 from .conftest import photos_of
@@ -39,8 +39,8 @@ def test_same_person_near_different_people_far(pool, lfw: Path) -> None:
     powell = [pool.analyze(read(p)).faces[0].embedding for p in photos_of(lfw, "Colin_Powell")[:3]]
     blair = pool.analyze(read(photos_of(lfw, "Tony_Blair")[0])).faces[0].embedding
     same = [1 - powell[0] @ powell[i] for i in (1, 2)]
-    assert max(same) < DEFAULT_THRESHOLD
-    assert 1 - powell[0] @ blair > DEFAULT_THRESHOLD
+    assert max(same) < DEFAULT_VERIFY_THRESHOLD
+    assert 1 - powell[0] @ blair > DEFAULT_VERIFY_THRESHOLD
 
 
 def test_embedding_is_deterministic_across_workers(pool, lfw: Path) -> None:

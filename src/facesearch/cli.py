@@ -375,7 +375,7 @@ def _print_recognition(photo: Path, analysis: Analysis, results: list, domain: s
 def verify(obj: Context, photo_a: Path, photo_b: Path, threshold: float | None,
            as_json: bool) -> None:
     """Are the (largest) faces in two photos the same person?"""
-    threshold = obj.settings.threshold if threshold is None else threshold
+    threshold = obj.settings.verify_threshold if threshold is None else threshold
     with obj.pool(2) as pool:
         futures = [obj.analyze(pool, p, largest=True) for p in (photo_a, photo_b)]
         analyses = [pool.result(f) for f in futures]

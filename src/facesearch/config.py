@@ -8,11 +8,15 @@ from pathlib import Path
 
 import platformdirs
 
-# Calibrated on LFW folds 1-5 by bench/calibrate_threshold.py (docs/BENCHMARKS.md): cosine distance
-# between L2-normalized dlib ResNet embeddings under which at most 1 in 1,000 different-person photo
-# pairs fall (false accepts matter more than pairwise accuracy when one probe meets a whole gallery).
-# The seed's 0.30 was for ArcFace and means nothing for this model.
-DEFAULT_THRESHOLD = 0.074
+# Cosine distances between L2-normalized dlib ResNet embeddings (docs/BENCHMARKS.md); the seed's
+# 0.30 was for ArcFace and means nothing for this model. Two thresholds, because a search compares
+# a face with a whole gallery and false accepts add up with its size:
+# - recognize (1:N): the largest under which at most 1 % of strangers match someone in LFW's
+#   open-set gallery of 1,675 people (bench/bench_openset.py);
+# - verify (1:1): the largest under which at most 1 in 1,000 different-person LFW pairs fall
+#   (bench/calibrate_threshold.py, folds 1-5).
+DEFAULT_THRESHOLD = 0.047
+DEFAULT_VERIFY_THRESHOLD = 0.074
 
 DEFAULT_MODEL = "dlib-resnet-v1"
 
@@ -49,7 +53,8 @@ class Settings:
     # Where the embedding network runs: "onnx" (dlib's weights converted, same embeddings, ~13x
     # faster than the dlib-bin wheel) or "dlib" itself.
     runtime: str = "onnx"
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float = DEFAULT_THRESHOLD  # recognize: a face against a gallery
+    verify_threshold: float = DEFAULT_VERIFY_THRESHOLD  # verify: one face against one face
     max_pixels: int = 40_000_000
     max_faces: int = 50
     # The smallest face (px) looked for. Faces under 80 px cost a 2x upsampled search (~4x the
@@ -76,6 +81,7 @@ class Settings:
             detector=os.environ.get("FACESEARCH_DETECTOR") or "hog",
             runtime=os.environ.get("FACESEARCH_RUNTIME") or "onnx",
             threshold=_env_number("FACESEARCH_THRESHOLD", DEFAULT_THRESHOLD, float),
+            verify_threshold=_env_number("FACESEARCH_VERIFY_THRESHOLD", DEFAULT_VERIFY_THRESHOLD, float),
             max_pixels=int(_env_number("FACESEARCH_MAX_PIXELS", 40_000_000)),
             max_faces=int(_env_number("FACESEARCH_MAX_FACES", 50)),
             min_face=int(_env_number("FACESEARCH_MIN_FACE", 40)),

@@ -70,7 +70,7 @@ async def verify(request: Request, _: CallerDep, svc: ServiceDep,
                  threshold: Threshold = None) -> dict:
     """Are the largest faces of two photos (``photo1``, ``photo2``) the same person?"""
     start = time.perf_counter()
-    threshold = svc.settings.threshold if threshold is None else threshold
+    threshold = svc.settings.verify_threshold if threshold is None else threshold
     upload = await read_upload(request)
     photos = upload.named("photo1", "photo2") or upload.photos
     if len(photos) != 2:
