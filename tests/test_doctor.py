@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -132,6 +133,24 @@ def test_human_output_on_the_embedded_default(cli) -> None:
     assert set(statuses) <= {"ok", "warn", "fail"} and "(embedded)" in lines[0]
     assert re.fullmatch(r"\d+ ok, \d+ warn, \d+ fail", lines[-1])
     assert proc.returncode == (1 if "fail" in statuses else 0)
+
+
+def test_pkl_mode_checks_the_files_and_never_the_database(cli, tmp_path: Path) -> None:
+    """FACESEARCH_STORE=pkl: the store line reads the domains' files; no PostgreSQL is started."""
+    home = {"FACESEARCH_HOME": str(tmp_path)}
+    photo = tmp_path / "drawn.png"
+    photo.write_bytes(doctor.check_face()[0])  # the project's own drawn face
+    cli("--store", "pkl", "domains", "create", "docs", env=home)
+    cli("--store", "pkl", "enroll", str(photo), "--domain", "docs", "--person", "Drawn", env=home)
+    proc = cli("--store", "pkl", "doctor", "--json", check=False, env=home)
+    checks = {c["check"]: c for c in json.loads(proc.stdout)}
+    assert proc.returncode == 0, proc.stdout
+    assert checks["store"]["status"] == "ok" and "1 domains, 1 faces" in checks["store"]["detail"]
+    assert checks["dimension"]["status"] == "ok" and "database" not in checks
+    assert not (tmp_path / "pgdata").exists()
+    (tmp_path / "pkl" / "docs" / "facesearch-domain.json").write_text("{not json")
+    proc = cli("--store", "pkl", "doctor", "--json", check=False, env=home)
+    assert proc.returncode == 1 and json.loads(proc.stdout)[0]["status"] == "fail"
 
 
 def test_unreachable_database_is_a_fail_line_and_exit_1(cli) -> None:

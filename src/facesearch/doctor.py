@@ -640,14 +640,42 @@ def guard(name: str, check: Callable[..., T], *args: Any) -> T | Check:
         return Check(name, FAIL, f"the check could not run: {type(exc).__name__}: {message}")
 
 
+def check_pkl_store(settings: Settings) -> tuple[Check, dict[str, int] | None]:
+    """PKL mode: every domain's files load (what a search would read), and the models they hold."""
+    from .models import model_dim
+    from .store.pkl import BlockingPklGallery
+
+    root = settings.home / "pkl"
+    try:
+        with BlockingPklGallery(root) as gallery:
+            domains = gallery.list_domains()
+            stored: dict[str, int] = {}
+            for info in domains:
+                for model in gallery.face_models(gallery.get_domain(info.name)):
+                    stored[model] = model_dim(model)
+    except Exception as exc:
+        return Check("store", FAIL, f"PKL mode: the files in {root} cannot be read: "
+                     f"{type(exc).__name__}: {exc}",
+                     "restore the domain's files from a backup, or move them away"), None
+    faces = sum(d.faces for d in domains)
+    return Check("store", OK, f"PKL mode (no database): {len(domains)} domains, {faces} faces in "
+                 f"{root}; searched exactly, in memory"), stored
+
+
 def run(settings: Settings) -> Iterator[Check]:
     """All the checks, in report order, each as soon as it is known."""
     from .inference import ModelPool, ModelSpec
+    from .store.pkl import uses_pkl
 
-    check, db = connect(settings)
-    yield check
     tls: bool | None = None
     stored: dict[str, int] | None = None
+    if uses_pkl(settings.store):  # no database to check
+        check, stored = check_pkl_store(settings)
+        yield check
+        db = None
+    else:
+        check, db = connect(settings)
+        yield check
     if db is not None:
         try:
             tls = bool(db.conn.pgconn.ssl_in_use)
