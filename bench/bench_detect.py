@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         return np.asarray(Image.fromarray(img).convert("L"))
 
     variants = {
-        "RGB, upsampled once (facesearch today, faces from ~40 px)": lambda i: detector.run(i, 1, 0.0),
+        "RGB, upsampled once (faces from ~40 px)": lambda i: detector.run(i, 1, 0.0),
         "grayscale, upsampled once": lambda i: detector.run(gray(i), 1, 0.0),
         "RGB, no upsampling (faces from ~80 px)": lambda i: detector.run(i, 0, 0.0),
         "grayscale, no upsampling": lambda i: detector.run(gray(i), 0, 0.0),
