@@ -18,18 +18,26 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from .. import names
 from ..errors import Conflict, InvalidName, NotFound
 from ..models import model_dim
 
-# HNSW candidates per scan, set for each connection (store.connect / store.configure). 100 keeps
-# recall@1 >= 0.99 on 25k-face domains (the EXPLAIN / recall test); pgvector's default is 40.
+# Each domain's HNSW graph (pgvector's defaults) and the candidates a search walks, set for each
+# connection (store.connect / store.configure). 100 keeps person-level recall@1 >= 0.99 on 25,000
+# clustered faces (bench/bench_scale.py). A denser graph (m 24, ef_construction 200) reached 0.999
+# at ef_search 40 with ~30 % fewer page reads, but built 3-4x slower: a 25,000 x 512-d DeepFace
+# import went from 19 s to 71 s, so it is not used.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
 EF_SEARCH = 100
 # Nearest faces fetched before keeping the best face per person: several faces of one person
 # must not crowd other people out of the top k.
 FACES_PER_MATCH = 4
+# Composed search queries kept per model (one per domain and k; see Gallery.search_sql).
+SEARCH_QUERIES_KEPT = 10_000
 # Faces added at once from which add_faces refreshes the partition's planner statistics.
 ANALYZE_BATCH = 1000
 # API keys: the secret is shown once; the database keeps its SHA-256 and this many first characters
@@ -137,7 +145,13 @@ class GalleryCache:
     (all on the same database) so a per-request Gallery costs nothing."""
 
     models: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (id, dim)
-    search_queries: dict[str, bytes] = field(default_factory=dict)  # model -> composed top-k query
+    # model -> (domain id, k) -> that domain's composed top-k query
+    search_queries: dict[str, dict[tuple[int, int], bytes]] = field(default_factory=dict)
+
+
+def _candidates(k: int) -> int:
+    """Nearest faces a top-k search fetches (several faces of one person are one match)."""
+    return max(int(k) * FACES_PER_MATCH, 20)
 
 
 def _partition(domain_id: int) -> sql.Identifier:
@@ -212,6 +226,8 @@ class Gallery:
                     " SET name = EXCLUDED.name RETURNING id, dim", (name, dim))
             if row[1] != dim:
                 raise Conflict(f"model {name!r} is stored with dimension {row[1]}, not {dim}")
+            if self.conn.info.transaction_status != TransactionStatus.IDLE:
+                return row[0], row[1]  # a row inserted here is gone if the transaction rolls back
             models[name] = (row[0], row[1])
         return models[name]
 
@@ -440,9 +456,10 @@ class Gallery:
         await self.conn.execute(sql.SQL("ALTER TABLE {} SET (parallel_workers = {})").format(
             partition, sql.Literal(PARALLEL_BUILD_WORKERS)))
         await self.conn.execute(sql.SQL(
-            "CREATE INDEX {} ON {} USING hnsw ((embedding::vector({})) "
-            "vector_cosine_ops) WHERE model_id = {}").format(
-                sql.Identifier(index), partition, sql.Literal(dim), sql.Literal(model_id)))
+            "CREATE INDEX {} ON {} USING hnsw ((embedding::vector({})) vector_cosine_ops)"
+            " WITH (m = {}, ef_construction = {}) WHERE model_id = {}").format(
+                sql.Identifier(index), partition, sql.Literal(dim), sql.Literal(HNSW_M),
+                sql.Literal(HNSW_EF_CONSTRUCTION), sql.Literal(model_id)))
         await self.conn.execute(sql.SQL("ALTER TABLE {} RESET (parallel_workers)").format(partition))
 
     async def list_faces(self, domain: Domain, person: int | str | None = None) -> list[FaceRow]:
@@ -496,17 +513,32 @@ class Gallery:
 
     # -- search ----------------------------------------------------------------------------------
 
-    async def search_sql(self, model: str) -> sql.Composed:
-        """The top-k query for one model. Dimension and model id are literals so the partial
-        HNSW index of the domain's partition matches under any plan (generic or custom)."""
+    async def search_sql(self, model: str, domain: Domain | None = None, k: int | None = None
+                         ) -> sql.Composed:
+        """The top-k query for one model. Dimension and model id are literals, so the partial HNSW
+        index of the domain's partition matches under any plan (generic or custom).
+
+        With ``domain`` and ``k``, as :meth:`search` runs it, the domain id and both limits are
+        literals too: each domain has its own text, which psycopg prepares after a few runs, and
+        PostgreSQL then reuses one plan, already pruned to the domain's partition, instead of
+        planning every search (a fifth of a search's time at 25,000 faces); other domains'
+        partitions cost it nothing, however many there are. Without them, ``%(domain)s``,
+        ``%(n)s`` (candidates) and ``%(k)s`` are parameters (EXPLAIN, doctor)."""
         model_id, dim = await self.model(model)
+        if (domain is None) != (k is None):
+            raise TypeError("give both domain and k, or neither")
+        if domain is None or k is None:
+            where, n, limit = sql.SQL("%(domain)s"), sql.SQL("%(n)s"), sql.SQL("%(k)s")
+        else:
+            where, n, limit = (sql.Literal(int(domain.id)), sql.Literal(_candidates(k)),
+                               sql.Literal(int(k)))
         return sql.SQL("""
             WITH nearest AS (
                 SELECT f.id, f.person_id, (f.embedding::vector({dim}) <=> %(q)s) AS distance
                 FROM faces f
-                WHERE f.domain_id = %(domain)s AND f.model_id = {model}
+                WHERE f.domain_id = {domain} AND f.model_id = {model}
                 ORDER BY f.embedding::vector({dim}) <=> %(q)s
-                LIMIT %(n)s
+                LIMIT {n}
             ), best AS (
                 SELECT DISTINCT ON (n.person_id) n.person_id, n.id, n.distance
                 FROM nearest n WHERE n.distance < %(threshold)s
@@ -517,25 +549,28 @@ class Gallery:
                    b.distance
             FROM best b
             ORDER BY b.distance
-            LIMIT %(k)s""").format(dim=sql.Literal(dim), model=sql.Literal(model_id))
+            LIMIT {k}""").format(dim=sql.Literal(dim), model=sql.Literal(model_id), domain=where, n=n,
+                                 k=limit)
 
     async def search(self, domain: Domain, model: str, embeddings: Iterable[np.ndarray], *, k: int,
                      threshold: float) -> list[list[Match]]:
         """For each query embedding: up to ``k`` people, best face each, distance < threshold.
         The hot path: one round trip for all the embeddings (pipelined) once the model is cached."""
-        query = self.cache.search_queries.get(model)
-        if query is None:
-            query = (await self.search_sql(model)).as_bytes(self.conn)
-            self.cache.search_queries[model] = query
         _, dim = await self.model(model)
-        n = max(k * FACES_PER_MATCH, 20)
         queries = [np.asarray(e, dtype=np.float32) for e in embeddings]
         if any(q.shape != (dim,) for q in queries):
             raise ValueError(f"query must have {dim} dimensions for model {model!r}")
         if not queries:
             return []
-        params = [{"q": q, "domain": domain.id, "n": n, "threshold": threshold, "k": k}
-                  for q in queries]
+        texts = self.cache.search_queries.setdefault(model, {})
+        query = texts.get((domain.id, k))
+        if query is None:
+            if len(texts) >= SEARCH_QUERIES_KEPT:
+                texts.clear()
+            query = (await self.search_sql(model, domain, k)).as_bytes(self.conn)
+            texts[(domain.id, k)] = query
+        params = [{"q": q, "threshold": threshold} for q in queries]
+        n = _candidates(k)
         if n <= EF_SEARCH:
             return await self._search(query, params)
         async with self.conn.transaction():  # the session's ef_search would cap the candidates
