@@ -76,3 +76,13 @@ def test_runner_quick_and_unknown_names(faces_root: Path, tmp_path: Path) -> Non
     assert len(table_rows(text)) == 7
     with pytest.raises(AssertionError, match="unknown benchmark"):
         bench(faces_root, tmp_path, "bench", "--only", "nope")
+
+
+def test_scale(faces_root: Path, tmp_path: Path) -> None:
+    out = bench(faces_root, tmp_path, "bench.bench_scale", "--sizes", "1k", "--queries", "20",
+                "--pandas-queries", "1", "--home", str(tmp_path / "home"))
+    rows = table_rows(out)
+    searches = " ".join(r[1] for r in rows)
+    for kind in ("facesearch pgvector", "PKL mode", "seed's query", "pandas loop"):
+        assert kind in searches, (kind, out)
+    assert all(r[4] == "1.000" for r in rows if r[4] not in ("", "—")), out  # 1,000 faces: exact
