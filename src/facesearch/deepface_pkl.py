@@ -385,12 +385,18 @@ def path_part(person: str) -> str:
 
 
 def write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Pickle rows to ``path`` through a temporary file in the same folder and os.replace, so a
-    reader (or a crash) never sees half a file. Protocol 4: every Python DeepFace runs on reads it."""
+    """Pickle rows to ``path`` atomically (:func:`write_bytes_atomically`). Protocol 4: every
+    Python DeepFace runs on reads it."""
+    write_bytes_atomically(path, pickle.dumps(rows, protocol=4))
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and os.replace, so a reader (or a crash)
+    never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(rows, f, protocol=4)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -164,22 +164,9 @@ class DeepFaceModel(FaceModel):
 
     def _chips(self, items: list[tuple[np.ndarray, list[Face]]]) -> tuple[list[np.ndarray], list[Face]]:
         """Each face cut out upright and square (eyes level), at the model's input size."""
-        import dlib
+        from .dlib_resnet import face_chips
 
-        from .dlib_resnet import _shape_from_landmarks
-
-        chips: list[np.ndarray] = []
-        faces: list[Face] = []
-        for image, image_faces in items:
-            if not image_faces:
-                continue
-            shapes = dlib.full_object_detections()
-            for face in image_faces:
-                shapes.append(_shape_from_landmarks(face))
-            chips += [np.asarray(c) for c in dlib.get_face_chips(image, shapes, size=self._chip_size,
-                                                                 padding=CHIP_PADDING)]
-            faces += image_faces
-        return chips, faces
+        return face_chips(items, self._chip_size, CHIP_PADDING)
 
 
 def _compiled(client: Any, tf: Any, rows: int, cols: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -122,23 +122,32 @@ class DlibResNet(FaceModel):
 
     def embed_batch(self, items: list[tuple[np.ndarray, list[Face]]]) -> None:
         """One network call for the faces of all ``items`` (enrollment sends several photos)."""
-        chips, faces = [], []
-        for image, image_faces in items:
-            if not image_faces:
-                continue
-            shapes = dlib.full_object_detections()
-            for face in image_faces:
-                shapes.append(_shape_from_landmarks(face))
-            chips += dlib.get_face_chips(image, shapes, size=CHIP_SIZE, padding=CHIP_PADDING)
-            faces += image_faces
+        chips, faces = face_chips(items, CHIP_SIZE)
         if not faces:
             return
         if self._onnx is not None:
-            vectors = self._onnx.embed(np.stack([np.asarray(c) for c in chips]))
+            vectors = self._onnx.embed(np.stack(chips))
         else:
             vectors = np.array(self._dlib_net.compute_face_descriptor(chips), dtype=np.float32)
         for face, vector in zip(faces, l2_normalize(vectors), strict=True):
             face.embedding = vector
+
+
+def face_chips(items: list[tuple[np.ndarray, list[Face]]], size: int,
+               padding: float = CHIP_PADDING) -> tuple[list[np.ndarray], list[Face]]:
+    """Each face of each image cut out upright and square (eyes level) at ``size`` px, by dlib
+    from its 5 landmarks, with the faces in the same order."""
+    chips: list[np.ndarray] = []
+    faces: list[Face] = []
+    for image, image_faces in items:
+        if not image_faces:
+            continue
+        shapes = dlib.full_object_detections()
+        for face in image_faces:
+            shapes.append(_shape_from_landmarks(face))
+        chips += [np.asarray(c) for c in dlib.get_face_chips(image, shapes, size=size, padding=padding)]
+        faces += image_faces
+    return chips, faces
 
 
 def _clip(rect: dlib.rectangle, width: int, height: int) -> Box:

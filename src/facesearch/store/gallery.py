@@ -154,6 +154,14 @@ def _candidates(k: int) -> int:
     return max(int(k) * FACES_PER_MATCH, 20)
 
 
+def query_vectors(embeddings: Iterable[np.ndarray], dim: int, model: str) -> list[np.ndarray]:
+    """Search queries as float32 vectors, each checked to have the model's dimension."""
+    queries = [np.asarray(e, dtype=np.float32) for e in embeddings]
+    if any(q.shape != (dim,) for q in queries):
+        raise ValueError(f"query must have {dim} dimensions for model {model!r}")
+    return queries
+
+
 def _partition(domain_id: int) -> sql.Identifier:
     return sql.Identifier(f"faces_d{int(domain_id)}")
 
@@ -557,9 +565,7 @@ class Gallery:
         """For each query embedding: up to ``k`` people, best face each, distance < threshold.
         The hot path: one round trip for all the embeddings (pipelined) once the model is cached."""
         _, dim = await self.model(model)
-        queries = [np.asarray(e, dtype=np.float32) for e in embeddings]
-        if any(q.shape != (dim,) for q in queries):
-            raise ValueError(f"query must have {dim} dimensions for model {model!r}")
+        queries = query_vectors(embeddings, dim, model)
         if not queries:
             return []
         texts = self.cache.search_queries.setdefault(model, {})

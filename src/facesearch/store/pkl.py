@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -68,6 +67,7 @@ from .gallery import (
     _key_name,
     _no_person,
     _person_key,
+    query_vectors,
 )
 
 T = TypeVar("T")
@@ -293,21 +293,6 @@ def _signature(folder: Path, files: Iterable[str]) -> tuple:
     return (_stat(folder), _stat(folder / SIDECAR), *(_stat(folder / f) for f in sorted(files)))
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and os.replace: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _json_bytes(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -448,7 +433,7 @@ def _persist(root: Path, work: _Work) -> tuple:
     if work.new_thumbnails:
         (folder / THUMBNAILS).mkdir(exist_ok=True)
     for fid, data in work.new_thumbnails.items():
-        _write_atomically(folder / THUMBNAILS / f"{fid}.jpg", data)
+        deepface_pkl.write_bytes_atomically(folder / THUMBNAILS / f"{fid}.jpg", data)
     models = set(work.models) | (set(st.vectors) | set(st.files) if st.stale else set())
     for model in sorted(models):
         rows = _rows(st, model, str(folder))
@@ -460,7 +445,7 @@ def _persist(root: Path, work: _Work) -> tuple:
             name = st.files.pop(model, None)
             if name is not None:
                 (folder / name).unlink(missing_ok=True)
-    _write_atomically(folder / SIDECAR, _json_bytes(_sidecar(st)))
+    deepface_pkl.write_bytes_atomically(folder / SIDECAR, _json_bytes(_sidecar(st)))
     for fid in work.gone_thumbnails | (st.orphan_thumbnails if st.stale else set()):
         (folder / THUMBNAILS / f"{fid}.jpg").unlink(missing_ok=True)
     st.stale = False
@@ -615,7 +600,7 @@ class PklStore:
 
         def write() -> tuple:
             self.root.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, _json_bytes({
+            deepface_pkl.write_bytes_atomically(path, _json_bytes({
                 "format": _FORMAT, "next_domain_id": state.next_domain_id,
                 "next_key_id": state.next_key_id, "keys": state.keys}))
             return (_stat(path),)
@@ -1025,9 +1010,7 @@ class PklGallery:
         cosine similarity, as pgvector's ``<=>``) < threshold, nearest first. Exact: one matrix
         product against the domain's faces of this model."""
         _, dim = await self.model(model)
-        queries = [np.asarray(e, dtype=np.float32) for e in embeddings]
-        if any(q.shape != (dim,) for q in queries):
-            raise ValueError(f"query must have {dim} dimensions for model {model!r}")
+        queries = query_vectors(embeddings, dim, model)
         if not queries:
             return []
         index = (await self._view(domain)).index(model)
