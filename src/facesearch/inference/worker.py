@@ -45,68 +45,65 @@ def init(spec: dict[str, object]) -> None:
     )
 
 
-def _find(data: bytes, max_pixels: int, max_faces: int, min_face: int,
-          largest: bool) -> tuple[np.ndarray, Analysis]:
-    """Decode and detect: the image, and its analysis without embeddings yet."""
+def _analyze(photos: list[bytes], max_pixels: int, max_faces: int, embed: bool, thumbnails: bool,
+             min_face: int, largest: bool) -> list[Analysis | FacesearchError]:
+    """Decode, detect, then embed and crop the faces kept, each stage over the whole batch (one
+    network call for all faces). A photo that cannot be read gives its error in its place instead
+    of failing the batch. Times in ``timings_ms`` past decoding are the batch's shared out."""
     assert _model is not None, "worker not initialised"
-    t0 = time.perf_counter()
-    image = decode_image(data, max_pixels)
-    t1 = time.perf_counter()
-    faces = _model.detect(image, min_face=min_face, largest=largest)
-    t2 = time.perf_counter()
-    height, width = image.shape[:2]
-    return image, Analysis(width=width, height=height, faces=faces[:max_faces],
-                           faces_found=len(faces),
-                           timings_ms={"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3})
+    results: list[Analysis | FacesearchError] = []
+    images: list[np.ndarray] = []
+    decode_ms: list[float] = []
+    for data in photos:
+        t0 = time.perf_counter()
+        try:
+            images.append(decode_image(data, max_pixels))
+        except FacesearchError as exc:
+            results.append(exc)
+            continue
+        decode_ms.append((time.perf_counter() - t0) * 1e3)
+        results.append(None)  # type: ignore[arg-type]  # filled in below
+    if not images:
+        return results
 
-
-def _add_thumbnails(image: np.ndarray, analysis: Analysis) -> None:
-    """A JPEG crop of each face kept (opt-in: only enrollment stores them, recognize skips the
-    ~1 ms per face)."""
     t0 = time.perf_counter()
-    for face in analysis.faces:
-        b = face.box
-        face.thumbnail = face_thumbnail(image, b.x, b.y, b.w, b.h)
-    analysis.timings_ms["thumbnail"] = (time.perf_counter() - t0) * 1e3
+    detected = _model.detect_batch(images, min_face=min_face, largest=largest, max_faces=max_faces)
+    detect_ms = (time.perf_counter() - t0) * 1e3 / len(images)
+    analyses = [Analysis(width=image.shape[1], height=image.shape[0], faces=faces,
+                         faces_found=found, timings_ms={"decode": ms, "detect": detect_ms})
+                for image, (faces, found), ms in zip(images, detected, decode_ms, strict=True)]
+    if embed:
+        t0 = time.perf_counter()
+        _model.embed_batch([(image, a.faces) for image, a in zip(images, analyses, strict=True)])
+        per_face = (time.perf_counter() - t0) * 1e3 / max(1, sum(len(a.faces) for a in analyses))
+        for a in analyses:
+            a.timings_ms["embed"] = per_face * len(a.faces)
+    if thumbnails:
+        # A JPEG crop of each face kept (~1 ms a face: only enrollment asks for them).
+        for image, a in zip(images, analyses, strict=True):
+            t0 = time.perf_counter()
+            for face in a.faces:
+                b = face.box
+                face.thumbnail = face_thumbnail(image, b.x, b.y, b.w, b.h)
+            a.timings_ms["thumbnail"] = (time.perf_counter() - t0) * 1e3
+    done = iter(analyses)
+    return [next(done) if r is None else r for r in results]
 
 
 def analyze(data: bytes, max_pixels: int, max_faces: int, embed: bool = True,
             thumbnails: bool = False, min_face: int = MIN_FACE, largest: bool = False) -> Analysis:
     """Decode a photo, find its faces (largest first) and, if asked, embed the first ``max_faces``
     and crop a thumbnail of each. ``min_face`` and ``largest``: see ``FaceModel.detect``."""
-    image, analysis = _find(data, max_pixels, max_faces, min_face, largest)
-    if embed:
-        t0 = time.perf_counter()
-        _model.embed(image, analysis.faces)
-        analysis.timings_ms["embed"] = (time.perf_counter() - t0) * 1e3
-    if thumbnails:
-        _add_thumbnails(image, analysis)
-    return analysis
+    [result] = _analyze([data], max_pixels, max_faces, embed, thumbnails, min_face, largest)
+    if isinstance(result, FacesearchError):
+        raise result
+    return result
 
 
 def analyze_batch(photos: list[bytes], max_pixels: int, max_faces: int, thumbnails: bool = False,
                   min_face: int = MIN_FACE, largest: bool = False) -> list[Analysis | FacesearchError]:
-    """:func:`analyze` for several photos with one embedding call for all their faces. A photo
-    that cannot be read gives its error in its place instead of failing the batch. ``embed`` in
-    ``timings_ms`` is the batch's time shared out per face."""
-    results: list[Analysis | FacesearchError] = []
-    found: list[tuple[np.ndarray, Analysis]] = []
-    for data in photos:
-        try:
-            image, analysis = _find(data, max_pixels, max_faces, min_face, largest)
-        except FacesearchError as exc:
-            results.append(exc)
-            continue
-        results.append(analysis)
-        found.append((image, analysis))
-        if thumbnails:
-            _add_thumbnails(image, analysis)
-    t0 = time.perf_counter()
-    _model.embed_batch([(image, a.faces) for image, a in found])
-    per_face = (time.perf_counter() - t0) * 1e3 / max(1, sum(len(a.faces) for _, a in found))
-    for _, a in found:
-        a.timings_ms["embed"] = per_face * len(a.faces)
-    return results
+    """:func:`analyze` for several photos (enrollment), embedded with one network call."""
+    return _analyze(photos, max_pixels, max_faces, True, thumbnails, min_face, largest)
 
 
 def process_report() -> dict[str, object]:

@@ -79,6 +79,15 @@ class FaceModel(ABC):
         face matters (enrollment, verify), so a model may skip the costly search for small faces
         when it has found a large one."""
 
+    def detect_batch(self, images: list[np.ndarray], *, min_face: int = MIN_FACE,
+                     largest: bool = False, max_faces: int | None = None,
+                     ) -> list[tuple[list[Face], int]]:
+        """:meth:`detect` for several images: for each, its first ``max_faces`` faces and how many
+        were found. Models override this to skip work on the faces not kept, or to run each stage
+        over the whole batch."""
+        found = [self.detect(image, min_face=min_face, largest=largest) for image in images]
+        return [(faces[:max_faces], len(faces)) for faces in found]
+
     @abstractmethod
     def embed(self, image: np.ndarray, faces: list[Face]) -> None:
         """Fill ``face.embedding`` (L2-normalized float32 of length ``dim``) for each face."""

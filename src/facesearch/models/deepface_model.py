@@ -144,6 +144,9 @@ class DeepFaceModel(FaceModel):
         """The dlib model's detection (``options``: see :meth:`FaceModel.detect`)."""
         return self._dlib.detect(image, **options)
 
+    def detect_batch(self, images: list[np.ndarray], **options: Any) -> list[tuple[list[Face], int]]:
+        return self._dlib.detect_batch(images, **options)
+
     def embed(self, image: np.ndarray, faces: list[Face]) -> None:
         self.embed_batch([(image, faces)])
 

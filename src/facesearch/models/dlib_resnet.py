@@ -76,6 +76,26 @@ class DlibResNet(FaceModel):
 
     def detect(self, image: np.ndarray, *, min_face: int = MIN_FACE,
                largest: bool = False) -> list[Face]:
+        [(faces, _)] = self.detect_batch([image], min_face=min_face, largest=largest)
+        return faces
+
+    def detect_batch(self, images: list[np.ndarray], *, min_face: int = MIN_FACE,
+                     largest: bool = False, max_faces: int | None = None,
+                     ) -> list[tuple[list[Face], int]]:
+        # Boxes of every image first, then landmarks of the faces kept: the landmark model (6 MB)
+        # stays in the CPU cache across consecutive calls, each ~3x faster than after a HOG scan.
+        found = [self._boxes(image, min_face, largest) for image in images]
+        results = []
+        for image, boxes in zip(images, found, strict=True):
+            faces = [Face(box=box, score=score, landmarks=[
+                (float(p.x), float(p.y)) for p in self._landmarks(image, rect).parts()])
+                for rect, box, score in boxes[:max_faces]]
+            results.append((faces, len(boxes)))
+        return results
+
+    def _boxes(self, image: np.ndarray, min_face: int,
+               largest: bool) -> list[tuple[dlib.rectangle, Box, float]]:
+        """The faces' rectangles in ``image`` (dlib's, and clipped to the image), largest first."""
         height, width = image.shape[:2]
         side = max(height, width)
         scale, upsample, work = 1.0, 0, image
@@ -94,20 +114,16 @@ class DlibResNet(FaceModel):
         if not rects:
             rects = self._find(work, upsample)
 
-        faces = []
+        boxes = []
         for rect, score in rects:
             if scale != 1.0:
                 rect = dlib.rectangle(round(rect.left() / scale), round(rect.top() / scale),
                                       round(rect.right() / scale), round(rect.bottom() / scale))
-            shape = self._landmarks(image, rect)
             box = _clip(rect, width, height)
-            if box.w < 2 or box.h < 2:
-                continue
-            face = Face(box=box, score=float(score),
-                        landmarks=[(float(p.x), float(p.y)) for p in shape.parts()])
-            faces.append(face)
-        faces.sort(key=lambda f: f.box.area, reverse=True)
-        return faces
+            if box.w >= 2 and box.h >= 2:
+                boxes.append((rect, box, float(score)))
+        boxes.sort(key=lambda b: b[1].area, reverse=True)
+        return boxes
 
     def _find(self, work: np.ndarray, upsample: int) -> list[tuple[dlib.rectangle, float]]:
         if self._hog is not None:
