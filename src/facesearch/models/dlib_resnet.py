@@ -7,10 +7,11 @@ converted from the same weights file (see :mod:`facesearch.models.dlib_onnx`).
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import dlib
-import face_recognition_models
 import numpy as np
 from PIL import Image
 
@@ -46,27 +47,25 @@ class DlibResNet(FaceModel):
 
     def __init__(self, *, detector: str = "hog", runtime: str = "onnx",
                  cache_dir: str | None = None, threads: int = 1) -> None:
+        import platformdirs
+
+        cache = Path(cache_dir or platformdirs.user_cache_dir("facesearch"))
         if detector == "hog":
-            self._hog = dlib.get_frontal_face_detector()
+            self._hog = frontal_face_detector(cache)
             self._cnn = None
         elif detector == "cnn":
             self._hog = None
-            self._cnn = dlib.cnn_face_detection_model_v1(
-                face_recognition_models.cnn_face_detector_model_location())
+            self._cnn = dlib.cnn_face_detection_model_v1(str(weights_file("mmod_human_face_detector")))
         else:
             raise ModelError(f"unknown detector {detector!r}: use 'hog' or 'cnn'")
-        self._landmarks = dlib.shape_predictor(
-            face_recognition_models.pose_predictor_five_point_model_location())
-        weights = Path(face_recognition_models.face_recognition_model_location())
+        self._landmarks = dlib.shape_predictor(str(weights_file("shape_predictor_5_face_landmarks")))
+        weights = weights_file("dlib_face_recognition_resnet_model_v1")
         if runtime == "dlib":
             self._dlib_net = dlib.face_recognition_model_v1(str(weights))
             self._onnx = None
         elif runtime == "onnx":
-            import platformdirs
-
             from .dlib_onnx import OnnxFaceEncoder
 
-            cache = Path(cache_dir or platformdirs.user_cache_dir("facesearch"))
             self._dlib_net = None
             self._onnx = OnnxFaceEncoder(weights, cache, threads=threads)
         else:
@@ -164,6 +163,39 @@ def face_chips(items: list[tuple[np.ndarray, list[Face]]], size: int,
         chips += [np.asarray(c) for c in dlib.get_face_chips(image, shapes, size=size, padding=padding)]
         faces += image_faces
     return chips, faces
+
+
+def weights_file(name: str) -> Path:
+    """``name``.dat of the ``face-recognition-models`` package, found without importing it (its
+    ``pkg_resources`` import costs every worker ~0.2 s of start-up)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the face-recognition-models package is missing: "
+                         "pip install face-recognition-models")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / f"{name}.dat"
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall face-recognition-models")
+    return path
+
+
+def frontal_face_detector(cache: Path) -> dlib.fhog_object_detector:
+    """dlib's HOG face detector. dlib builds it from text in ~0.9 s, so every worker start-up
+    loads a saved copy instead (~4 ms, the same detector), saved on first use."""
+    path = cache / f"dlib_{dlib.__version__}_frontal_face_detector.svm"
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except RuntimeError:  # a damaged copy: made again below
+            pass
+    detector = dlib.get_frontal_face_detector()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        detector.save(str(tmp))
+        os.replace(tmp, path)  # whole or absent, also with several workers starting at once
+    except (OSError, RuntimeError):  # a read-only cache only costs start-up time
+        tmp.unlink(missing_ok=True)
+    return detector
 
 
 def _clip(rect: dlib.rectangle, width: int, height: int) -> Box:
