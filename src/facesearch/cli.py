@@ -190,7 +190,8 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
 
     report = EnrollReport(photos=len(items))
     model = obj.settings.model
-    with obj.gallery() as gallery, obj.pool(len(items)) as pool:
+    # Workers first: they load the model while the database starts.
+    with obj.pool(len(items)) as pool, obj.gallery() as gallery:
         dom = gallery.create_domain(domain, exist_ok=True)
         people = {p.name: p.id for p in gallery.list_people(dom, limit=10**9)}
         done = gallery.enrolled_hashes(dom, model)
