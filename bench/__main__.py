@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "lfw": ("bench.calibrate_threshold", [], ["--pairs-per-fold", "20", "--plot", ""]),
     "openset": ("bench.bench_openset", [], ["--people", "60", "--plot", ""]),
+    "small-faces": ("bench.bench_small_faces", [], ["--pairs", "60", "--sizes", "110,40"]),
     "embed": ("bench.bench_embed", ["--faces", "48", "--rounds", "5"], ["--faces", "8", "--rounds", "1"]),
     "detect": ("bench.bench_detect", ["--photos", "1000"], ["--photos", "60"]),
     "search": ("bench.bench_scale", [], ["--quick"]),

@@ -86,3 +86,10 @@ def test_scale(faces_root: Path, tmp_path: Path) -> None:
     for kind in ("facesearch pgvector", "PKL mode", "seed's query", "pandas loop"):
         assert kind in searches, (kind, out)
     assert all(r[4] == "1.000" for r in rows if r[4] not in ("", "—")), out  # 1,000 faces: exact
+
+
+def test_small_faces(faces_root: Path, tmp_path: Path) -> None:
+    rows = table_rows(bench(faces_root, tmp_path, "bench.bench_small_faces", "--pairs", "8",
+                           "--sizes", "110,40"))
+    assert [r[0] for r in rows] == ["110 px", "40 px"]
+    assert all(int(r[2]) <= 8 and r[3].endswith("%") for r in rows)
