@@ -47,12 +47,13 @@ class Service:
             yield Gallery(conn, self.cache)
 
     async def analyze(self, data: bytes, *, max_faces: int, embed: bool = True,
-                      thumbnails: bool = False, largest: bool = False) -> Analysis:
+                      thumbnails: bool = False, largest: bool = False,
+                      min_face: int | None = None) -> Analysis:
         """Decode, detect and embed one photo in a model worker (and crop thumbnails if asked).
-        ``largest``: only the largest face matters (see ``FaceModel.detect``)."""
+        ``largest`` and ``min_face`` (default: the server's): see ``FaceModel.detect``."""
         future = self.models.submit(data, max_pixels=self.settings.max_pixels,
                                     max_faces=max_faces, embed=embed, thumbnails=thumbnails,
-                                    min_face=self.settings.min_face, largest=largest)
+                                    min_face=min_face or self.settings.min_face, largest=largest)
         analysis = await asyncio.wrap_future(future)
         self.metrics.observe_inference(analysis.timings_ms)
         return analysis
