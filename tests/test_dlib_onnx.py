@@ -54,6 +54,11 @@ def test_matches_dlib(chips: np.ndarray, encoder: OnnxFaceEncoder) -> None:
     # Batch size must not change the result either.
     single = np.concatenate([encoder.embed(chips[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(single, batched[:5], rtol=0, atol=1e-6)
+    # Nor the threads lent to a lone task (a second session, made on first use).
+    one = OnnxFaceEncoder(DAT, Path(encoder._source[1]), threads=1)
+    lent = np.concatenate([one.embed(chips[i : i + 1], threads=2) for i in range(5)])
+    assert list(one._wide) == [2]
+    np.testing.assert_allclose(lent, batched[:5], rtol=0, atol=1e-6)
 
 
 def test_embed_rejects_bad_input(encoder: OnnxFaceEncoder) -> None:

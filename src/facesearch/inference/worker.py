@@ -122,7 +122,8 @@ TASKS: dict[str, Callable[..., object]] = {
 def serve(conn: Connection, spec: dict[str, object]) -> None:
     """Worker process main: load the model, say ``("ready", pid)``, then answer tasks until ``None``.
 
-    A task is ``(name, args)`` naming a function in :data:`TASKS`; the answer is ``("ok", result)``
+    A task is ``(name, args, threads)`` naming a function in :data:`TASKS` and the native
+    threads it may use (0: the worker's share of the cores); the answer is ``("ok", result)``
     or ``("error", exception, traceback text)``. If the model cannot be loaded the answer to
     start-up is ``("error", reason)`` and the process exits: the pool decides when to retry.
     """
@@ -144,7 +145,9 @@ def serve(conn: Connection, spec: dict[str, object]) -> None:
             return
         if task is None:
             return
-        name, args = task
+        name, args, threads = task
+        if _model is not None:
+            _model.set_threads(threads)
         try:
             reply: tuple[object, ...] = ("ok", TASKS[name](*args))
         except Exception as exc:

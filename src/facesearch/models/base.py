@@ -92,6 +92,12 @@ class FaceModel(ABC):
     def embed(self, image: np.ndarray, faces: list[Face]) -> None:
         """Fill ``face.embedding`` (L2-normalized float32 of length ``dim``) for each face."""
 
+    def set_threads(self, threads: int) -> None:
+        """How many native threads the next calls may use: the pool lends a task every core when
+        no other task is running. 0: as many as the model was loaded with. Models that cannot
+        change it ignore this."""
+        return None
+
     def embed_batch(self, items: list[tuple[np.ndarray, list[Face]]]) -> None:
         """:meth:`embed` for the faces of several images; models that batch override this."""
         for image, faces in items:

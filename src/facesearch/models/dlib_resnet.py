@@ -70,6 +70,11 @@ class DlibResNet(FaceModel):
             self._onnx = OnnxFaceEncoder(weights, cache, threads=threads)
         else:
             raise ModelError(f"unknown runtime {runtime!r}: use 'dlib' or 'onnx'")
+        self._threads = 0  # set_threads: 0 = the encoder's own count
+
+    def set_threads(self, threads: int) -> None:
+        # Only the ONNX embedding runs threaded (dlib's HOG and landmarks are single-threaded).
+        self._threads = threads
 
     # -- detection -----------------------------------------------------------------------------
 
@@ -141,7 +146,7 @@ class DlibResNet(FaceModel):
         if not faces:
             return
         if self._onnx is not None:
-            vectors = self._onnx.embed(np.stack(chips))
+            vectors = self._onnx.embed(np.stack(chips), threads=self._threads)
         else:
             vectors = np.array(self._dlib_net.compute_face_descriptor(chips), dtype=np.float32)
         for face, vector in zip(faces, l2_normalize(vectors), strict=True):
