@@ -114,10 +114,15 @@ def run(args: argparse.Namespace, min_face: int) -> str:
                     params={"face": "largest"}), gallery))
             enroll_s = time.perf_counter() - t
             faces = sum(r.json().get("enrolled", 0) for r in enrolled if r.status_code == 201)
+            rtt = []  # the HTTP floor: an empty request, one at a time
+            for _ in range(100):
+                t0 = time.perf_counter()
+                client.get("/healthz").raise_for_status()
+                rtt.append((time.perf_counter() - t0) * 1e3)
 
         note = (f"min_face {min_face}: {faces} faces enrolled from {len(gallery)} LFW photos in "
                 f"{enroll_s:.1f} s over HTTP ({faces / enroll_s:.1f} faces/s, "
-                f"{args.workers * 2} concurrent requests)")
+                f"{args.workers * 2} concurrent requests); GET /healthz {np.median(rtt):.1f} ms p50")
         photos = [(p, p.read_bytes()) for p in probes]
         for conc in (int(c) for c in args.concurrency.split(",")):
             with httpx.Client(base_url=base, headers=headers, timeout=120,

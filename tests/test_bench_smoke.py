@@ -60,6 +60,7 @@ def test_http(faces_root: Path, tmp_path: Path) -> None:
     (row,) = table_rows(out)
     assert row[:2] == ["80", "1"] and float(row[2]) > 0, row
     assert re.search(r"3 faces enrolled from 3 LFW photos", out), out
+    assert re.search(r"GET /healthz [\d.]+ ms p50", out), out
 
 
 def test_import(faces_root: Path, tmp_path: Path) -> None:
