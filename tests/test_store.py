@@ -38,9 +38,9 @@ def fill(gallery: BlockingGallery, domain: str, faces: np.ndarray) -> tuple[obje
 
 
 def explain(gallery: BlockingGallery, db: psycopg.Connection, dom, query: np.ndarray) -> str:
-    stmt = gallery.search_sql(MODEL).as_string(db)
-    rows = db.execute("EXPLAIN " + stmt, {"q": query, "domain": dom.id, "n": 20,
-                                          "threshold": 0.5, "k": 5}).fetchall()
+    """The plan of the very text ``search`` runs for this domain (ids and limits as literals)."""
+    stmt = gallery.search_sql(MODEL, dom, 5).as_string(db)
+    rows = db.execute("EXPLAIN " + stmt, {"q": query, "threshold": 0.5}).fetchall()
     return "\n".join(r[0] for r in rows)
 
 

@@ -325,7 +325,7 @@ def _index_statement(d: DomainModel, name: str) -> str:
 def check_index(db: Database, d: DomainModel, settings: Settings, stale: bool = False) -> Check:
     """The domain's HNSW index for the model exists, is valid, and the search plan uses it (EXPLAIN
     of the search's own SQL with one of the domain's stored faces as the query)."""
-    from .store.gallery import FACES_PER_MATCH, HNSW_MAX_DIMS
+    from .store.gallery import HNSW_MAX_DIMS, Domain
 
     name = f"index: {d.label}"
     if d.dim > HNSW_MAX_DIMS:  # pgvector's HNSW stops there: such models are searched exactly
@@ -350,11 +350,10 @@ def check_index(db: Database, d: DomainModel, settings: Settings, stale: bool = 
         return Check(name, WARN, f"{index} present ({size}); model {d.model} is unknown to this "
                      "facesearch, so its search plan was not checked", "upgrade facesearch")
 
-    k = 5
-    query = db.run(db.gallery.search_sql(d.model)).as_string(db.conn)
+    # The very text a search of this domain runs (its id and limits are literals in it).
+    query = db.run(db.gallery.search_sql(d.model, Domain(d.domain_id, d.domain), 5)).as_string(db.conn)
     sample = _stored(db, d, 1)
-    params = {"q": sample[0][1], "domain": d.domain_id, "n": max(k * FACES_PER_MATCH, 20),
-              "threshold": settings.threshold, "k": k}
+    params = {"q": sample[0][1], "threshold": settings.threshold}
     plan = db.one("EXPLAIN (FORMAT JSON) " + query, params)[0][0]["Plan"]
     nodes = list(_plan_nodes(plan))
     partitions = {r[0] for r in db.all(
