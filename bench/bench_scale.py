@@ -71,6 +71,7 @@ from facesearch.store import BlockingGallery, Gallery, GalleryCache, NewFace, co
 from facesearch.store import gallery as gallery_module
 from facesearch.store.gallery import EF_SEARCH
 
+from .bench_search import timed
 from .lfw import cpu_model
 from .synthetic import clustered, near
 
@@ -260,18 +261,6 @@ def recall(found: list[list[int]], truth: list[list[int]], k: int) -> float:
     if k == 1:
         return float(np.mean([f[:1] == t[:1] for f, t in zip(found, truth, strict=True)]))
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
-
-
-def timed(fn: Callable[[np.ndarray], list[int]], queries: np.ndarray,
-          warmup: int) -> tuple[list[list[int]], np.ndarray]:
-    for q in queries[:warmup]:
-        fn(q)
-    out, ms = [], []
-    for q in queries:
-        t = time.perf_counter()
-        out.append(fn(q))
-        ms.append((time.perf_counter() - t) * 1e3)
-    return out, np.array(ms)
 
 
 async def _connection(url: str, ef_search: int) -> psycopg.AsyncConnection[Any]:

@@ -32,7 +32,10 @@ DIM = 128
 MODEL = "dlib-resnet-v1"
 
 
-def timed(fn, queries) -> tuple[list, np.ndarray]:
+def timed(fn, queries, warmup: int = 0) -> tuple[list, np.ndarray]:
+    """``fn`` of each query, and each call's time in ms (after ``warmup`` untimed calls)."""
+    for q in queries[:warmup]:
+        fn(q)
     out, times = [], []
     for q in queries:
         t = time.perf_counter()

@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from facesearch.config import DEFAULT_VERIFY_THRESHOLD
+from facesearch.models.base import Analysis
 from facesearch.models.dlib_resnet import DlibResNet
 
-from .lfw import cpu_model, faces_dir, read_pairs
+from .lfw import central_face, cpu_model, faces_dir, read_pairs
 
 LFW_FACE = 110  # px: median width of dlib's box on LFW's 250 px photos
 
@@ -38,10 +39,11 @@ def central_embedding(model: DlibResNet, path: Path, scale: float) -> tuple[np.n
                              Image.Resampling.LANCZOS)
     pixels = np.asarray(image)
     faces = model.detect(pixels, min_face=20)
-    if not faces:
+    central = central_face(Analysis(width=image.width, height=image.height, faces=faces,
+                                    faces_found=len(faces)))
+    if central is None:
         return None
-    cx, cy = pixels.shape[1] / 2, pixels.shape[0] / 2
-    face = min(faces, key=lambda f: (f.box.x + f.box.w / 2 - cx) ** 2 + (f.box.y + f.box.h / 2 - cy) ** 2)
+    face = faces[central]
     model.embed(pixels, [face])
     assert face.embedding is not None
     return face.embedding, face.box.w
