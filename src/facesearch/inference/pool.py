@@ -51,7 +51,8 @@ State = Literal["starting", "ready", "busy", "failed", "stopped"]
 class ModelSpec:
     """What each worker loads."""
 
-    model: str = "dlib-resnet-v1"
+    model: str = "dlib-resnet-v1"  # the default: tasks that name no model
+    models: tuple[str, ...] = ()  # also loaded at start-up (every model in use); others on demand
     detector: str = "hog"
     runtime: str = "onnx"
     cache_dir: str | None = None
@@ -154,20 +155,22 @@ class ModelPool:
 
     def submit(self, data: bytes, *, max_pixels: int, max_faces: int, embed: bool = True,
                thumbnails: bool = False, min_face: int = MIN_FACE,
-               largest: bool = False) -> Future[Analysis]:
+               largest: bool = False, model: str | None = None) -> Future[Analysis]:
         """Queue one photo; the future's result is an :class:`Analysis` or a FacesearchError.
         ``thumbnails``: also a small JPEG crop of each face (``Face.thumbnail``), for enrollment.
-        ``min_face``, ``largest``: how hard to look for small faces (``FaceModel.detect``)."""
+        ``min_face``, ``largest``: how hard to look for small faces (``FaceModel.detect``).
+        ``model``: which model (None: the spec's default)."""
         return self._submit("analyze", (data, max_pixels, max_faces, embed, thumbnails,
-                                        min_face, largest))
+                                        min_face, largest, model))
 
     def submit_batch(self, photos: list[bytes], *, max_pixels: int, max_faces: int,
                      thumbnails: bool = False, min_face: int = MIN_FACE,
-                     largest: bool = False) -> Future[list[Analysis | FacesearchError]]:
+                     largest: bool = False, model: str | None = None,
+                     ) -> Future[list[Analysis | FacesearchError]]:
         """Queue several photos as one task (one embedding call for all their faces); each
         photo's result is an :class:`Analysis` or the FacesearchError it raised."""
         return self._submit("analyze_batch", (photos, max_pixels, max_faces, thumbnails,
-                                              min_face, largest))
+                                              min_face, largest, model))
 
     def result(self, future: Future[T]) -> T:
         """Wait for a submitted task; a dead worker or an unloadable model is a :class:`ModelError`."""
@@ -175,10 +178,10 @@ class ModelPool:
 
     def analyze(self, data: bytes, *, max_pixels: int = 40_000_000, max_faces: int = 50,
                 embed: bool = True, thumbnails: bool = False, min_face: int = MIN_FACE,
-                largest: bool = False) -> Analysis:
+                largest: bool = False, model: str | None = None) -> Analysis:
         return self.result(self.submit(data, max_pixels=max_pixels, max_faces=max_faces,
                                        embed=embed, thumbnails=thumbnails, min_face=min_face,
-                                       largest=largest))
+                                       largest=largest, model=model))
 
     def process_reports(self) -> list[dict[str, object]]:
         """Ask each loaded worker what it has loaded (see :func:`worker.process_report`)."""

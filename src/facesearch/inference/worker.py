@@ -24,33 +24,47 @@ if TYPE_CHECKING:
 
     from ..models.base import FaceModel
 
-_model: FaceModel | None = None
+_models: dict[str, FaceModel] = {}  # name -> the loaded model
+_spec: dict[str, object] = {}
+_default = ""
 
 
 def init(spec: dict[str, object]) -> None:
-    """Load the model once per worker."""
-    global _model
+    """Load the default model and every other model in use, once per worker."""
+    global _spec, _default
     threads = int(spec.get("threads", 1))  # type: ignore[arg-type]
     # Several workers share the cores: keep each one's native thread pools to its share.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
-    from ..models import load_model
+    _spec, _default = spec, str(spec["model"])
+    for name in dict.fromkeys([_default, *spec.get("models", ())]):  # type: ignore[misc]
+        model(name)
 
-    _model = load_model(
-        str(spec["model"]),
-        detector=str(spec.get("detector", "hog")),
-        runtime=str(spec.get("runtime", "onnx")),
-        cache_dir=spec.get("cache_dir"),  # type: ignore[arg-type]
-        threads=threads,
-    )
+
+def model(name: str | None = None) -> FaceModel:
+    """The loaded model ``name`` (None: the default); a model not loaded at start-up (a domain
+    created since on another model) is loaded now, once."""
+    name = name or _default
+    if name not in _models:
+        from ..models import load_model
+
+        _models[name] = load_model(
+            name,
+            detector=str(_spec.get("detector", "hog")),
+            runtime=str(_spec.get("runtime", "onnx")),
+            cache_dir=_spec.get("cache_dir"),  # type: ignore[arg-type]
+            threads=int(_spec.get("threads", 1)),  # type: ignore[arg-type]
+        )
+    return _models[name]
 
 
 def _analyze(photos: list[bytes], max_pixels: int, max_faces: int, embed: bool, thumbnails: bool,
-             min_face: int, largest: bool) -> list[Analysis | FacesearchError]:
+             min_face: int, largest: bool, name: str | None) -> list[Analysis | FacesearchError]:
     """Decode, detect, then embed and crop the faces kept, each stage over the whole batch (one
     network call for all faces). A photo that cannot be read gives its error in its place instead
     of failing the batch. Times in ``timings_ms`` past decoding are the batch's shared out."""
-    assert _model is not None, "worker not initialised"
+    assert _default, "worker not initialised"
+    face_model = model(name)
     results: list[Analysis | FacesearchError] = []
     images: list[np.ndarray] = []
     decode_ms: list[float] = []
@@ -67,14 +81,14 @@ def _analyze(photos: list[bytes], max_pixels: int, max_faces: int, embed: bool, 
         return results
 
     t0 = time.perf_counter()
-    detected = _model.detect_batch(images, min_face=min_face, largest=largest, max_faces=max_faces)
+    detected = face_model.detect_batch(images, min_face=min_face, largest=largest, max_faces=max_faces)
     detect_ms = (time.perf_counter() - t0) * 1e3 / len(images)
     analyses = [Analysis(width=image.shape[1], height=image.shape[0], faces=faces,
                          faces_found=found, timings_ms={"decode": ms, "detect": detect_ms})
                 for image, (faces, found), ms in zip(images, detected, decode_ms, strict=True)]
     if embed:
         t0 = time.perf_counter()
-        _model.embed_batch([(image, a.faces) for image, a in zip(images, analyses, strict=True)])
+        face_model.embed_batch([(image, a.faces) for image, a in zip(images, analyses, strict=True)])
         per_face = (time.perf_counter() - t0) * 1e3 / max(1, sum(len(a.faces) for a in analyses))
         for a in analyses:
             a.timings_ms["embed"] = per_face * len(a.faces)
@@ -91,19 +105,22 @@ def _analyze(photos: list[bytes], max_pixels: int, max_faces: int, embed: bool, 
 
 
 def analyze(data: bytes, max_pixels: int, max_faces: int, embed: bool = True,
-            thumbnails: bool = False, min_face: int = MIN_FACE, largest: bool = False) -> Analysis:
-    """Decode a photo, find its faces (largest first) and, if asked, embed the first ``max_faces``
-    and crop a thumbnail of each. ``min_face`` and ``largest``: see ``FaceModel.detect``."""
-    [result] = _analyze([data], max_pixels, max_faces, embed, thumbnails, min_face, largest)
+            thumbnails: bool = False, min_face: int = MIN_FACE, largest: bool = False,
+            name: str | None = None) -> Analysis:
+    """Decode a photo, find its faces (largest first) with model ``name`` (None: the default)
+    and, if asked, embed the first ``max_faces`` and crop a thumbnail of each. ``min_face`` and
+    ``largest``: see ``FaceModel.detect``."""
+    [result] = _analyze([data], max_pixels, max_faces, embed, thumbnails, min_face, largest, name)
     if isinstance(result, FacesearchError):
         raise result
     return result
 
 
 def analyze_batch(photos: list[bytes], max_pixels: int, max_faces: int, thumbnails: bool = False,
-                  min_face: int = MIN_FACE, largest: bool = False) -> list[Analysis | FacesearchError]:
+                  min_face: int = MIN_FACE, largest: bool = False,
+                  name: str | None = None) -> list[Analysis | FacesearchError]:
     """:func:`analyze` for several photos (enrollment), embedded with one network call."""
-    return _analyze(photos, max_pixels, max_faces, True, thumbnails, min_face, largest)
+    return _analyze(photos, max_pixels, max_faces, True, thumbnails, min_face, largest, name)
 
 
 def process_report() -> dict[str, object]:
@@ -111,7 +128,7 @@ def process_report() -> dict[str, object]:
     with open("/proc/self/maps") as maps:
         libs = maps.read()
     return {"pid": os.getpid(), "libpq_loaded": "libpq" in libs,
-            "model_loaded": _model is not None}
+            "model_loaded": bool(_models), "models": sorted(_models)}
 
 
 TASKS: dict[str, Callable[..., object]] = {
@@ -146,8 +163,8 @@ def serve(conn: Connection, spec: dict[str, object]) -> None:
         if task is None:
             return
         name, args, threads = task
-        if _model is not None:
-            _model.set_threads(threads)
+        for loaded in _models.values():
+            loaded.set_threads(threads)
         try:
             reply: tuple[object, ...] = ("ok", TASKS[name](*args))
         except Exception as exc:

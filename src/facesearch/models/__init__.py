@@ -21,14 +21,39 @@ DEEPFACE_DIMS: dict[str, int] = {
 # DeepFace's "Dlib" is dlib's ResNet (face_recognition_model_v1), the network facesearch runs: its
 # galleries import as our own model. Every other DeepFace model is "deepface:<Name>".
 DEEPFACE_PREFIX = "deepface:"
-DLIB_MODEL = "dlib-resnet-v1"
+DLIB_MODEL = "dlib-resnet-v1"  # dlib's HOG (or MMOD) detector, 5 landmarks, ResNet-34
+SFACE_MODEL = "sface-2021dec"  # YuNet detector, SFace embedding (OpenCV Zoo)
+FUSION_MODEL = "sface-dlib-v1"  # YuNet; SFace and dlib's ResNet, the two vectors concatenated
+DEFAULT_MODEL = SFACE_MODEL
 
 # name -> embedding dimension. Known without loading anything, so the store can size its indexes
 # in the API process.
 MODEL_DIMS: dict[str, int] = {
+    SFACE_MODEL: 128,
+    FUSION_MODEL: 256,
     DLIB_MODEL: 128,
     **{DEEPFACE_PREFIX + name: dim for name, dim in DEEPFACE_DIMS.items() if name != "Dlib"},
 }
+
+
+# name -> the default (recognize, verify) thresholds: cosine distances calibrated on LFW as the
+# README says (recognize: 1 % of strangers match someone in the open-set gallery; verify: 0.1 % of
+# different-person pairs fall under it). DeepFace's models have none of ours: DeepFace's own
+# published thresholds stand in (see the README).
+THRESHOLDS: dict[str, tuple[float, float]] = {
+    DLIB_MODEL: (0.047, 0.074),
+    SFACE_MODEL: (0.52, 0.60),  # provisional, being calibrated
+    FUSION_MODEL: (0.30, 0.35),  # provisional, being calibrated
+    **{DEEPFACE_PREFIX + name: (t, t) for name, t in {
+        "ArcFace": 0.68, "Facenet512": 0.30, "Facenet": 0.40, "VGG-Face": 0.68, "SFace": 0.593,
+        "GhostFaceNet": 0.65, "OpenFace": 0.10, "DeepFace": 0.23, "DeepID": 0.015}.items()},
+}
+
+
+def default_thresholds(name: str) -> tuple[float, float]:
+    """``(recognize, verify)`` cosine-distance thresholds for model ``name``."""
+    model_dim(name)
+    return THRESHOLDS[name]
 
 
 def model_dim(name: str) -> int:
@@ -52,7 +77,9 @@ def check_model_files(name: str) -> None:
 
 def load_model(name: str, *, detector: str = "hog", runtime: str = "onnx",
                cache_dir: str | None = None, threads: int = 1) -> FaceModel:
-    """Load a model by name. Call only in a worker process: this imports the model runtime."""
+    """Load a model by name. Call only in a worker process: this imports the model runtime.
+    ``detector`` and ``runtime`` apply to dlib's and DeepFace's pipelines, which find faces with
+    dlib; the SFace pipelines always use YuNet."""
     model_dim(name)
     if name.startswith(DEEPFACE_PREFIX):
         # DeepFace on TensorFlow: only ever in a worker (TensorFlow and libpq must not share a
@@ -60,6 +87,26 @@ def load_model(name: str, *, detector: str = "hog", runtime: str = "onnx",
         from .deepface_model import DeepFaceModel
 
         return DeepFaceModel(name, detector=detector, threads=threads)
-    from .dlib_resnet import DlibResNet
+    if name == DLIB_MODEL:
+        from .dlib_resnet import DlibResNet
 
-    return DlibResNet(detector=detector, runtime=runtime, cache_dir=cache_dir, threads=threads)
+        return DlibResNet(detector=detector, runtime=runtime, cache_dir=cache_dir, threads=threads)
+
+    from pathlib import Path
+
+    import platformdirs
+
+    from .base import Pipeline
+    from .sface import SFace
+    from .yunet import YuNet
+
+    cache = Path(cache_dir or platformdirs.user_cache_dir("facesearch"))
+    sface = SFace(cache, threads=threads)
+    if name == SFACE_MODEL:
+        return Pipeline(YuNet(cache), sface)
+    from .dlib_resnet import DlibResNetEmbedder
+    from .fusion import Fusion
+
+    # The lean fusion: one detector (YuNet) for both, dlib's landmarks found in YuNet's boxes.
+    dlib_net = DlibResNetEmbedder(cache, runtime=runtime, threads=threads, own_landmarks=True)
+    return Pipeline(YuNet(cache), Fusion(FUSION_MODEL, sface, dlib_net))

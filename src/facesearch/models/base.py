@@ -1,4 +1,11 @@
-"""The contract every face model keeps: load once, then turn an RGB image into faces.
+"""The contracts of the model room. Each network is one class that loads its weights once (in
+``__init__``, in a worker process, never downloading) and then predicts:
+
+- a :class:`Detector` turns an RGB image into faces (box, score, 5 landmarks);
+- an :class:`Embedder` turns an image and its faces into one L2-normalized vector per face,
+  cutting each face's aligned crop itself from the landmarks;
+- a :class:`Pipeline` composes a detector and an embedder into a :class:`FaceModel`, the one thing
+  the workers run (as insightface's ``FaceAnalysis`` composes its ``model_zoo`` networks).
 
 Plain data types (NumPy only) so results cross process boundaries by pickle.
 """
@@ -102,6 +109,77 @@ class FaceModel(ABC):
         """:meth:`embed` for the faces of several images; models that batch override this."""
         for image, faces in items:
             self.embed(image, faces)
+
+
+class Detector(ABC):
+    """Finds faces. ``name`` says which network (it does not name an embedding space)."""
+
+    name: str
+
+    @abstractmethod
+    def detect(self, image: np.ndarray, *, min_face: int = MIN_FACE,
+               largest: bool = False) -> list[Face]:
+        """See :meth:`FaceModel.detect`."""
+
+    def detect_batch(self, images: list[np.ndarray], *, min_face: int = MIN_FACE,
+                     largest: bool = False, max_faces: int | None = None,
+                     ) -> list[tuple[list[Face], int]]:
+        """See :meth:`FaceModel.detect_batch`."""
+        found = [self.detect(image, min_face=min_face, largest=largest) for image in images]
+        return [(faces[:max_faces], len(faces)) for faces in found]
+
+    def set_threads(self, threads: int) -> None:
+        """See :meth:`FaceModel.set_threads`."""
+        return None
+
+
+class Embedder(ABC):
+    """Turns faces into vectors: ``name`` and ``dim`` identify its embeddings in the gallery."""
+
+    name: str
+    dim: int
+
+    @abstractmethod
+    def embed_batch(self, items: list[tuple[np.ndarray, list[Face]]]) -> np.ndarray:
+        """The ``(n, dim)`` float32 L2-normalized embeddings of every face of ``items`` (image,
+        its faces), in order: one network call for all of them."""
+
+    def set_threads(self, threads: int) -> None:
+        """See :meth:`FaceModel.set_threads`."""
+        return None
+
+
+class Pipeline(FaceModel):
+    """A detector and an embedder as one :class:`FaceModel` named after the embedder."""
+
+    def __init__(self, detector: Detector, embedder: Embedder) -> None:
+        self.detector, self.embedder = detector, embedder
+        self.name, self.dim = embedder.name, embedder.dim
+
+    def detect(self, image: np.ndarray, *, min_face: int = MIN_FACE,
+               largest: bool = False) -> list[Face]:
+        return self.detector.detect(image, min_face=min_face, largest=largest)
+
+    def detect_batch(self, images: list[np.ndarray], *, min_face: int = MIN_FACE,
+                     largest: bool = False, max_faces: int | None = None,
+                     ) -> list[tuple[list[Face], int]]:
+        return self.detector.detect_batch(images, min_face=min_face, largest=largest,
+                                          max_faces=max_faces)
+
+    def embed(self, image: np.ndarray, faces: list[Face]) -> None:
+        self.embed_batch([(image, faces)])
+
+    def embed_batch(self, items: list[tuple[np.ndarray, list[Face]]]) -> None:
+        faces = [face for _, image_faces in items for face in image_faces]
+        if not faces:
+            return
+        vectors = self.embedder.embed_batch([(image, fs) for image, fs in items if fs])
+        for face, vector in zip(faces, vectors, strict=True):
+            face.embedding = vector
+
+    def set_threads(self, threads: int) -> None:
+        self.detector.set_threads(threads)
+        self.embedder.set_threads(threads)
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
