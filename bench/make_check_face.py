@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from facesearch.imaging import decode_image
+from facesearch.models import FUSION_MODEL, SFACE_MODEL, load_model
 from facesearch.models.dlib_resnet import DlibResNet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +81,20 @@ def main() -> None:
         reference["faces"][detector] = {  # type: ignore[index]
             "box": ref.box.as_dict(),
             "embedding": [round(float(x), 7) for x in ref.embedding]}
+
+    # The YuNet pipelines, whose embeddings the doctor compares the same way.
+    reference["pipelines"] = {}
+    cache = Path(tempfile.gettempdir()) / "facesearch-check-face"
+    for name in (SFACE_MODEL, FUSION_MODEL):
+        model = load_model(name, cache_dir=str(cache))
+        found = model.detect(image)
+        if len(found) != 1:
+            raise SystemExit(f"{name}: {len(found)} faces found in the drawn face, not 1")
+        model.embed(image, found)
+        print(f"{name}: box {found[0].box}, score {found[0].score:.2f}")
+        reference["pipelines"][name] = {  # type: ignore[index]
+            "detector": "yunet", "box": found[0].box.as_dict(),
+            "embedding": [round(float(x), 7) for x in found[0].embedding]}
 
     DATA.mkdir(exist_ok=True)
     (DATA / "check-face.png").write_bytes(png)

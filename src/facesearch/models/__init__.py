@@ -36,14 +36,15 @@ MODEL_DIMS: dict[str, int] = {
 }
 
 
-# name -> the default (recognize, verify) thresholds: cosine distances calibrated on LFW as the
-# README says (recognize: 1 % of strangers match someone in the open-set gallery; verify: 0.1 % of
-# different-person pairs fall under it). DeepFace's models have none of ours: DeepFace's own
-# published thresholds stand in (see the README).
+# name -> the default (recognize, verify) thresholds: cosine distances calibrated on LFW
+# (bench/bench_models.py, docs/BENCHMARKS.md). recognize: the largest with at most 1 % of strangers
+# matching someone in the open-set gallery of 1,680 people (one photo each), chosen on half the
+# people, checked on the other half; verify: at most 0.1 % of different-person pairs under it.
+# DeepFace's models have none of ours: DeepFace's own published thresholds stand in (README).
 THRESHOLDS: dict[str, tuple[float, float]] = {
     DLIB_MODEL: (0.047, 0.074),
-    SFACE_MODEL: (0.52, 0.60),  # provisional, being calibrated
-    FUSION_MODEL: (0.30, 0.35),  # provisional, being calibrated
+    SFACE_MODEL: (0.541, 0.64),
+    FUSION_MODEL: (0.311, 0.374),
     **{DEEPFACE_PREFIX + name: (t, t) for name, t in {
         "ArcFace": 0.68, "Facenet512": 0.30, "Facenet": 0.40, "VGG-Face": 0.68, "SFace": 0.593,
         "GhostFaceNet": 0.65, "OpenFace": 0.10, "DeepFace": 0.23, "DeepID": 0.015}.items()},
