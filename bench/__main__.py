@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 # caches), then the model, the store, and the whole service.
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "lfw": ("bench.calibrate_threshold", [], ["--pairs-per-fold", "20", "--plot", ""]),
+    "models": ("bench.bench_models", [], ["--people", "60", "--out", "bench/results/models-quick.json"]),
+    "groups": ("bench.bench_groups", ["--photos", "40"], ["--photos", "3"]),
     "openset": ("bench.bench_openset", [], ["--people", "60", "--plot", ""]),
     "small-faces": ("bench.bench_small_faces", [], ["--pairs", "60", "--sizes", "110,40"]),
     "embed": ("bench.bench_embed", ["--faces", "48", "--rounds", "5"], ["--faces", "8", "--rounds", "1"]),

@@ -50,7 +50,7 @@ def table_path(model: str) -> Path:
 
 
 def faces_for(model: str, root: Path, paths: list[Path], workers: int | None) -> FaceTable:
-    if model == SFACE_MODEL and table_path(FUSION_MODEL).is_file():
+    if model == SFACE_MODEL and _has_all(table_path(FUSION_MODEL), root, paths):
         fused, _, _ = cached_faces(root, paths, table_path(FUSION_MODEL),
                                    pool=_NoPool(ModelSpec(model=FUSION_MODEL)))  # type: ignore[arg-type]
         half = fused.embeddings[:, :128] * math.sqrt(2)
@@ -62,6 +62,14 @@ def faces_for(model: str, root: Path, paths: list[Path], workers: int | None) ->
     if n:
         print(f"{model}: embedded {n} photos in {seconds:.0f} s", file=sys.stderr)
     return table
+
+
+def _has_all(cache: Path, root: Path, paths: list[Path]) -> bool:
+    if not cache.is_file():
+        return False
+    with np.load(cache) as data:
+        known = {str(p) for p in data["paths"]}
+    return all(str(p.relative_to(root)) in known for p in paths)
 
 
 class _NoPool:

@@ -34,6 +34,25 @@ def table_rows(out: str) -> list[list[str]]:
             and "---" not in line and not (i + 1 < len(lines) and "---" in lines[i + 1])]
 
 
+def test_models(faces_root: Path, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "models.json"
+    bench(faces_root, tmp_path, "bench.bench_models", "--people", "25", "--models",
+          "sface-2021dec,dlib-resnet-v1", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert set(report["models"]) == {"sface-2021dec", "dlib-resnet-v1"}
+    for entry in report["models"].values():
+        assert 0 < entry["photos_with_a_face"] <= report["photos"]
+        assert 0 <= entry["photos_1"]["far<=0.01"]["dir"] <= 1
+
+
+def test_groups(faces_root: Path, tmp_path: Path) -> None:
+    rows = table_rows(bench(faces_root, tmp_path, "bench.bench_groups", "--photos", "2",
+                            "--models", "sface-2021dec"))
+    assert len(rows) == 1 and rows[0][0] == "sface-2021dec" and "/" in rows[0][1]
+
+
 def test_detect(faces_root: Path, tmp_path: Path) -> None:
     rows = table_rows(bench(faces_root, tmp_path, "bench.bench_detect", "--photos", "4"))
     assert len(rows) == 7 and any("largest face only" in r[0] for r in rows)
