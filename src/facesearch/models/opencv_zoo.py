@@ -32,7 +32,7 @@ SOURCES: dict[str, str] = {
         "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
 }
 # Bump when the converted graph changes, so cached copies are rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 
 def sha256_file(path: Path) -> str:
@@ -69,7 +69,8 @@ def check_sha256(path: Path, expected: str) -> None:
 def dequantize(model: object, *, dynamic: str) -> object:
     """A copy of ``model`` (an ``onnx.ModelProto``) with every constant ``DequantizeLinear``
     computed into a float32 initializer (block-wise: ``(q - zero_point) * scale`` per block along
-    ``axis``), constant ``Reshape``s of those folded, and the graph inputs nothing reads dropped.
+    ``axis``), constant ``Reshape``s of those folded, the graph inputs nothing reads dropped, and
+    ``PRelu`` rewritten (:func:`prelu_as_relus`).
     ``dynamic``: which sizes become free: ``"size"``, the first input's height and width (YuNet
     runs at each photo's own size), or ``"batch"``, the first dimension of the input and outputs
     (SFace embeds a batch of faces in one call)."""
@@ -118,10 +119,31 @@ def dequantize(model: object, *, dynamic: str) -> object:
         dims[0].dim_param = "faces"
         for out in graph.output:
             out.type.tensor_type.shape.dim[0].dim_param = "faces"
-    new_graph = helper.make_graph(kept, graph.name, inputs, list(graph.output), inits)
+    new_graph = helper.make_graph(prelu_as_relus(kept), graph.name, inputs, list(graph.output), inits)
     out = helper.make_model(new_graph, opset_imports=list(model.opset_import),  # type: ignore[attr-defined]
                             producer_name="facesearch", ir_version=8)
     onnx.checker.check_model(out)
+    return out
+
+
+def prelu_as_relus(nodes: list) -> list:
+    """Each ``PRelu(x, slope)`` as ``Relu(x) - slope * Relu(-x)``: the same numbers, bit for bit
+    (one side of each is an exact zero), and ~2x faster for SFace on onnxruntime's CPU, whose PRelu
+    takes two thirds of the network's time (it runs outside the blocked layout the convolutions
+    use, and broadcasts the slope the slow way)."""
+    from onnx import helper
+
+    out = []
+    for node in nodes:
+        if node.op_type != "PRelu":
+            out.append(node)
+            continue
+        (x, slope), y = node.input, node.output[0]
+        out += [helper.make_node("Relu", [x], [f"{y}/positive"]),
+                helper.make_node("Neg", [x], [f"{y}/negated"]),
+                helper.make_node("Relu", [f"{y}/negated"], [f"{y}/negative"]),
+                helper.make_node("Mul", [f"{y}/negative", slope], [f"{y}/scaled"]),
+                helper.make_node("Sub", [f"{y}/positive", f"{y}/scaled"], [y])]
     return out
 
 
