@@ -43,8 +43,8 @@ MODEL_DIMS: dict[str, int] = {
 # DeepFace's models have none of ours: DeepFace's own published thresholds stand in (README).
 THRESHOLDS: dict[str, tuple[float, float]] = {
     DLIB_MODEL: (0.047, 0.074),
-    SFACE_MODEL: (0.541, 0.64),
-    FUSION_MODEL: (0.311, 0.374),
+    SFACE_MODEL: (0.513, 0.64),
+    FUSION_MODEL: (0.298, 0.374),
     **{DEEPFACE_PREFIX + name: (t, t) for name, t in {
         "ArcFace": 0.68, "Facenet512": 0.30, "Facenet": 0.40, "VGG-Face": 0.68, "SFace": 0.593,
         "GhostFaceNet": 0.65, "OpenFace": 0.10, "DeepFace": 0.23, "DeepID": 0.015}.items()},
