@@ -36,7 +36,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "import": ("bench.bench_import", ["--rounds", "3"], ["--faces", "5000", "--rounds", "1"]),
     "enroll": ("bench.bench_enroll", ["--people", "300"], ["--people", "15"]),
     "http": ("bench.bench_http", ["--min-face", "40,80"],
-             ["--people", "20", "--requests", "30", "--concurrency", "1,4", "--min-face", "40,80"]),
+             ["--people", "20", "--requests", "30", "--concurrency", "1,4", "--min-face", "40,80",
+              "--models", "sface-2021dec"]),
 }
 
 

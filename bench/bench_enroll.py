@@ -3,8 +3,9 @@
 Builds DeepFace's folder layout from links to LFW (the first N people with >= 2 photos), enrolls
 it into a fresh data directory, then enrolls it again (everything already enrolled).
 Run: ``python -m bench.bench_enroll [--people 300] [--workers 2] [--runtime onnx|dlib]
-[--baseline-src OLD/src --rounds 2]``: with ``--baseline-src``, each round also runs the command
-with that source tree first on ``PYTHONPATH`` (e.g. a ``git worktree`` of an earlier commit), so
+[--models sface-2021dec,dlib-resnet-v1] [--baseline-src OLD/src --rounds 2]``. The domain is
+created on each model in turn (FACESEARCH_MODEL). With ``--baseline-src``, each round also runs
+the command with that source tree first on ``PYTHONPATH`` (e.g. a ``git worktree`` of an earlier commit), so
 before and after are measured alternately in the same run.
 """
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runtime", default="onnx", choices=["onnx", "dlib"])
     ap.add_argument("--baseline-src", type=Path, help="an earlier checkout's src/, run alternately")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--models", default="sface-2021dec,dlib-resnet-v1")
     args = ap.parse_args(argv)
     lfw = faces_dir() / "lfw"
     work = Path(tempfile.mkdtemp(prefix="facesearch-enroll-"))
@@ -42,29 +44,30 @@ def main(argv: list[str] | None = None) -> None:
             photos += 1
     exe = Path(sys.executable).parent / "facesearch"
     print(f"command: python -m bench.bench_enroll --people {args.people} --workers {args.workers} "
-          f"--runtime {args.runtime}" + (f" --baseline-src {args.baseline_src} --rounds {args.rounds}"
-                                         if args.baseline_src else ""))
+          f"--runtime {args.runtime} --models {args.models}"
+          + (f" --baseline-src {args.baseline_src} --rounds {args.rounds}" if args.baseline_src else ""))
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
     codes = [("baseline", str(args.baseline_src.resolve()))] if args.baseline_src else []
     codes.append(("this checkout", ""))
-    for round_ in range(1, args.rounds + 1):
-        for code, src in codes:
-            home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
-            env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_WORKERS": str(args.workers),
-                   "FACESEARCH_RUNTIME": args.runtime}
-            if src:
-                env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-            for label in ("first run", "re-run"):
-                t = time.perf_counter()
-                out = subprocess.run([str(exe), "enroll", str(root), "--domain", "bench", "--json"],
-                                     env=env, capture_output=True, text=True, check=True).stdout
-                seconds = time.perf_counter() - t
-                s = json.loads(out)
-                print(f"round {round_}, {code}, {label}: {photos} photos of {len(people)} people in "
-                      f"{seconds:.1f} s ({photos / seconds:.1f} photos/s, "
-                      f"{s['enrolled'] / seconds:.1f} faces/s, whole command incl. start-up); "
-                      f"enrolled {s['enrolled']}, already {s['already_enrolled']}, "
-                      f"no face {s['no_face']}")
+    runs = [(r, code, src, model) for r in range(1, args.rounds + 1) for model in args.models.split(",")
+            for code, src in codes]
+    for round_, code, src, model in runs:
+        home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
+        env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_WORKERS": str(args.workers),
+               "FACESEARCH_RUNTIME": args.runtime, "FACESEARCH_MODEL": model}
+        if src:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        for label in ("first run", "re-run"):
+            t = time.perf_counter()
+            out = subprocess.run([str(exe), "enroll", str(root), "--domain", "bench", "--json"],
+                                 env=env, capture_output=True, text=True, check=True).stdout
+            seconds = time.perf_counter() - t
+            s = json.loads(out)
+            print(f"round {round_}, {model}, {code}, {label}: {photos} photos of {len(people)} people in "
+                  f"{seconds:.1f} s ({photos / seconds:.1f} photos/s, "
+                  f"{s['enrolled'] / seconds:.1f} faces/s, whole command incl. start-up); "
+                  f"enrolled {s['enrolled']}, already {s['already_enrolled']}, "
+                  f"no face {s['no_face']}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 concurrencies; latency, throughput, where the time goes, and the processes' memory.
 
 Run: ``python -m bench.bench_http [--people 200] [--requests 200] [--concurrency 1,2,4,8]
-[--min-face 40,80]``. For each ``--min-face`` value (FACESEARCH_MIN_FACE), a server runs in a
-subprocess on a fresh data directory (its own embedded PostgreSQL), with as many model workers as
-cores; the client is this process (httpx, one thread per concurrent request).
+[--min-face 40,80] [--models sface-2021dec,dlib-resnet-v1]``. For each model and ``--min-face``
+value (FACESEARCH_MIN_FACE), a server runs in a subprocess on a fresh data directory (its own
+embedded PostgreSQL), with as many model workers as cores, its domain on that model; the client is
+this process (httpx, one thread per concurrent request). Besides the LFW portraits, 20 group photos
+made from LFW (7 faces of 60-120 px on 1000 x 700) are recognized one at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 import numpy as np
 
 from .lfw import cpu_model, faces_dir
+from .synthetic import group_photo
 
 
 def start_server(home: Path, workers: int, key: str,
@@ -75,24 +78,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", default="1,2,4,8")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--min-face", default="40", help="FACESEARCH_MIN_FACE values, one server each")
+    ap.add_argument("--models", default="sface-2021dec,dlib-resnet-v1", help="one server each")
     args = ap.parse_args(argv)
     print(f"command: python -m bench.bench_http --people {args.people} --requests "
           f"{args.requests} --concurrency {args.concurrency} --workers {args.workers} "
-          f"--min-face {args.min_face}")
+          f"--min-face {args.min_face} --models {args.models}")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
           f"{args.workers} model workers\n")
-    print("| min_face | concurrency | requests/s | p50 ms | p95 ms | server: decode | detect | embed "
-          "| search | total (medians, ms) | right person first |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    notes = [run(args, int(m)) for m in args.min_face.split(",")]
+    print("| model | min_face | concurrency | requests/s | p50 ms | p95 ms | server: decode | detect "
+          "| embed | search | total (medians, ms) | right person first |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    notes = [run(args, model, int(m)) for model in args.models.split(",")
+             for m in args.min_face.split(",")]
     print()
     for note in notes:
         print(note)
 
 
-def run(args: argparse.Namespace, min_face: int) -> str:
-    """One server with this FACESEARCH_MIN_FACE: enroll, then the concurrency rows; returns the
-    enrollment and memory figures."""
+def run(args: argparse.Namespace, model: str, min_face: int) -> str:
+    """One server with this FACESEARCH_MIN_FACE, its domain on ``model``: enroll, then the
+    concurrency rows; returns the enrollment, group-photo and memory figures."""
     lfw = faces_dir() / "lfw"
     people = sorted(d for d in lfw.iterdir() if len(list(d.glob("*.jpg"))) >= 2)
     people = people[:: max(1, len(people) // args.people)][: args.people]
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace, min_face: int) -> str:
     headers = {"Authorization": f"Bearer {key}"}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
-            client.post("/v1/domains", json={"name": "bench"}).raise_for_status()
+            client.post("/v1/domains", json={"name": "bench", "model": model}).raise_for_status()
             t = time.perf_counter()
             with ThreadPoolExecutor(args.workers * 2) as ex:
                 enrolled = list(ex.map(lambda p: client.post(
@@ -120,7 +125,7 @@ def run(args: argparse.Namespace, min_face: int) -> str:
                 client.get("/healthz").raise_for_status()
                 rtt.append((time.perf_counter() - t0) * 1e3)
 
-        note = (f"min_face {min_face}: {faces} faces enrolled from {len(gallery)} LFW photos in "
+        note = (f"{model}, min_face {min_face}: {faces} faces enrolled from {len(gallery)} LFW photos in "
                 f"{enroll_s:.1f} s over HTTP ({faces / enroll_s:.1f} faces/s, "
                 f"{args.workers * 2} concurrent requests); GET /healthz {np.median(rtt):.1f} ms p50")
         photos = [(p, p.read_bytes()) for p in probes]
@@ -148,10 +153,20 @@ def run(args: argparse.Namespace, min_face: int) -> str:
             split = {k: np.median([r[1].get(k, np.nan) for r in results])
                      for k in ("decode", "detect", "embed", "search", "total")}
             right = np.mean([r[2] for r in results])
-            print(f"| {min_face} | {conc} | {len(results) / wall:.1f} | {np.percentile(ms, 50):.1f} | "
-                  f"{np.percentile(ms, 95):.1f} | {split['decode']:.1f} | {split['detect']:.1f} | "
+            print(f"| {model} | {min_face} | {conc} | {len(results) / wall:.1f} | "
+                  f"{np.percentile(ms, 50):.1f} | {np.percentile(ms, 95):.1f} | "
+                  f"{split['decode']:.1f} | {split['detect']:.1f} | "
                   f"{split['embed']:.1f} | {split['search']:.2f} | {split['total']:.1f} | "
                   f"{100 * right:.1f} % |")
+        groups = [group_photo(lfw, [60, 70, 80, 90, 100, 110, 120], 7000 + i)[0] for i in range(20)]
+        group_ms = []
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+            for data in groups:
+                t0 = time.perf_counter()
+                client.post("/v1/domains/bench/recognize",
+                            files={"photo": ("group.jpg", data, "image/jpeg")}).raise_for_status()
+                group_ms.append((time.perf_counter() - t0) * 1e3)
+        note += f"; a 7-face 1000 x 700 group photo: {np.median(group_ms[2:]):.0f} ms p50"
         workers = worker_pids(proc.pid)
         return (note + f"; resident memory: API process {rss_mb(proc.pid):.0f} MB, model workers "
                 + ", ".join(f"{rss_mb(w):.0f} MB" for w in workers))

@@ -66,7 +66,7 @@ def test_embed(faces_root: Path, tmp_path: Path) -> None:
 
 
 def test_enroll(faces_root: Path, tmp_path: Path) -> None:
-    out = bench(faces_root, tmp_path, "bench.bench_enroll", "--people", "2")
+    out = bench(faces_root, tmp_path, "bench.bench_enroll", "--people", "2", "--models", "sface-2021dec")
     first = re.search(r"first run: (\d+) photos .* enrolled (\d+), already 0", out)
     again = re.search(r"re-run: (\d+) photos .* enrolled 0, already (\d+)", out)
     assert first and again, out
@@ -75,9 +75,10 @@ def test_enroll(faces_root: Path, tmp_path: Path) -> None:
 
 def test_http(faces_root: Path, tmp_path: Path) -> None:
     out = bench(faces_root, tmp_path, "bench.bench_http", "--people", "3", "--requests", "4",
-                "--concurrency", "1", "--min-face", "80")
+                "--concurrency", "1", "--min-face", "80", "--models", "sface-2021dec")
     (row,) = table_rows(out)
-    assert row[:2] == ["80", "1"] and float(row[2]) > 0, row
+    assert row[:3] == ["sface-2021dec", "80", "1"] and float(row[3]) > 0, row
+    assert re.search(r"7-face 1000 x 700 group photo: \d+ ms p50", out), out
     assert re.search(r"3 faces enrolled from 3 LFW photos", out), out
     assert re.search(r"GET /healthz [\d.]+ ms p50", out), out
 
