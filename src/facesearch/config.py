@@ -8,17 +8,31 @@ from pathlib import Path
 
 import platformdirs
 
-# Cosine distances between L2-normalized dlib ResNet embeddings (docs/BENCHMARKS.md); the seed's
-# 0.30 was for ArcFace and means nothing for this model. Two thresholds, because a search compares
-# a face with a whole gallery and false accepts add up with its size:
-# - recognize (1:N): the largest under which at most 1 % of strangers match someone in LFW's
-#   open-set gallery of 1,675 people (bench/bench_openset.py);
-# - verify (1:1): the largest under which at most 1 in 1,000 different-person LFW pairs fall
-#   (bench/calibrate_threshold.py, folds 1-5).
-DEFAULT_THRESHOLD = 0.047
-DEFAULT_VERIFY_THRESHOLD = 0.074
+from .errors import InvalidModel, ModelError
+from .models import DEFAULT_MODEL, DLIB_MODEL, MODEL_DIMS, check_model_files, default_thresholds
 
-DEFAULT_MODEL = "dlib-resnet-v1"
+# Match thresholds are cosine distances calibrated per model (facesearch.models.default_thresholds,
+# docs/BENCHMARKS.md): a domain's model decides them unless FACESEARCH_THRESHOLD /
+# FACESEARCH_VERIFY_THRESHOLD set one for every model. Two, because a search compares a face with a
+# whole gallery and false accepts add up with its size: recognize (1:N) is the stricter.
+# dlib-resnet-v1's pair, kept under the names of the release before domains had a model (bench/
+# and its tests use them); everything else asks default_thresholds(model).
+DEFAULT_THRESHOLD, DEFAULT_VERIFY_THRESHOLD = default_thresholds(DLIB_MODEL)
+
+
+def usable_model(name: str) -> str:
+    """``name`` if it is a model facesearch knows and can load here (DeepFace's need their
+    runtime and weights file); else :class:`InvalidModel` (422) saying why and which models
+    there are. Cheap: imports no model runtime."""
+    known = ", ".join(sorted(MODEL_DIMS))
+    if not isinstance(name, str) or name not in MODEL_DIMS:
+        raise InvalidModel(f"unknown model {name!r}; the models are {known}")
+    try:
+        check_model_files(name)
+    except ModelError as exc:
+        raise InvalidModel(f"model {name} cannot load here: {exc.message} (the models are "
+                           f"{known})") from None
+    return name
 
 
 def _env_number(name: str, default: float, kind: type = int) -> float:
@@ -29,6 +43,12 @@ def _env_number(name: str, default: float, kind: type = int) -> float:
         return kind(value)
     except ValueError:
         raise SystemExit(f"error: {name} must be a number, not {value!r}") from None
+
+
+def _env_optional(name: str) -> float | None:
+    """A number, or None when the variable is unset or empty."""
+    value = os.environ.get(name)
+    return None if value is None or value == "" else _env_number(name, 0.0, float)
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -48,13 +68,15 @@ class Settings:
 
     home: Path
     database_url: str | None = None
+    # The model of new domains (an existing domain keeps its own), and of verify without one.
     model: str = DEFAULT_MODEL
     detector: str = "hog"  # "hog" (fast, CPU) or "cnn" (dlib's MMOD CNN: slower, finds more)
     # Where the embedding network runs: "onnx" (dlib's weights converted, same embeddings, ~13x
     # faster than the dlib-bin wheel) or "dlib" itself.
     runtime: str = "onnx"
-    threshold: float = DEFAULT_THRESHOLD  # recognize: a face against a gallery
-    verify_threshold: float = DEFAULT_VERIFY_THRESHOLD  # verify: one face against one face
+    # None: the model's own default (see recognize_threshold / verify_threshold_for).
+    threshold: float | None = None  # recognize: a face against a gallery
+    verify_threshold: float | None = None  # verify: one face against one face
     max_pixels: int = 40_000_000
     max_faces: int = 50
     # The smallest face (px) looked for. Faces under 80 px cost a 2x upsampled search (~4x the
@@ -80,8 +102,8 @@ class Settings:
             model=os.environ.get("FACESEARCH_MODEL") or DEFAULT_MODEL,
             detector=os.environ.get("FACESEARCH_DETECTOR") or "hog",
             runtime=os.environ.get("FACESEARCH_RUNTIME") or "onnx",
-            threshold=_env_number("FACESEARCH_THRESHOLD", DEFAULT_THRESHOLD, float),
-            verify_threshold=_env_number("FACESEARCH_VERIFY_THRESHOLD", DEFAULT_VERIFY_THRESHOLD, float),
+            threshold=_env_optional("FACESEARCH_THRESHOLD"),
+            verify_threshold=_env_optional("FACESEARCH_VERIFY_THRESHOLD"),
             max_pixels=int(_env_number("FACESEARCH_MAX_PIXELS", 40_000_000)),
             max_faces=int(_env_number("FACESEARCH_MAX_FACES", 50)),
             min_face=int(_env_number("FACESEARCH_MIN_FACE", 40)),
@@ -97,6 +119,16 @@ class Settings:
         if "home" in given:
             given["home"] = Path(str(given["home"]))
         return replace(settings, **given)  # type: ignore[arg-type]
+
+    def recognize_threshold(self, model: str) -> float:
+        """The recognize (1:N) threshold for a domain of ``model``: FACESEARCH_THRESHOLD if set,
+        else the model's calibrated default."""
+        return default_thresholds(model)[0] if self.threshold is None else self.threshold
+
+    def verify_threshold_for(self, model: str) -> float:
+        """The verify (1:1) threshold for ``model``: FACESEARCH_VERIFY_THRESHOLD if set, else
+        the model's calibrated default."""
+        return default_thresholds(model)[1] if self.verify_threshold is None else self.verify_threshold
 
     @property
     def pgdata(self) -> Path:

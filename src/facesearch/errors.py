@@ -97,6 +97,14 @@ class InvalidName(FacesearchError):
     status = 422
 
 
+class InvalidModel(FacesearchError):
+    """A model name facesearch does not know, or one that cannot load here (e.g. DeepFace's
+    weights are missing): the message lists the models there are."""
+
+    code = "invalid_model"
+    status = 422
+
+
 class NotFound(FacesearchError):
     code = "not_found"
     status = 404

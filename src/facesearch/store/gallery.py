@@ -58,6 +58,7 @@ PARALLEL_BUILD_WORKERS = 64
 class Domain:
     id: int
     name: str
+    model: str  # what its enrollments embed with and its searches compare under
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class DomainInfo:
     people: int
     faces: int
     created_at: datetime
+    model: str
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,8 @@ _PERSON = ("p.id, p.name, (SELECT count(*) FROM faces f WHERE f.domain_id = %(do
 _PEOPLE_WHERE = ("p.domain_id = %(domain)s"
                  " AND (%(search)s::text IS NULL OR p.name ILIKE '%%' || %(search)s || '%%')")
 _DOMAIN_INFO = ("SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id = d.id),"
-                " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at FROM domains d")
+                " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model"
+                " FROM domains d")
 _KEY = "id, name, prefix, created_at, last_used_at"
 # add_faces' binary COPY columns, in order.
 _NEW_FACE_TYPES = ["integer", "bigint", "bigint", "smallint", "vector", "integer", "integer", "integer",
@@ -242,25 +245,42 @@ class Gallery:
     # -- domains ---------------------------------------------------------------------------------
 
     async def get_domain(self, name: str) -> Domain:
-        row = await self._one("SELECT id, name FROM domains WHERE name = %s", (names.domain_name(name),))
+        row = await self._one("SELECT id, name, model FROM domains WHERE name = %s",
+                              (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
         return Domain(*row)
 
-    async def create_domain(self, name: str, *, exist_ok: bool = False) -> Domain:
-        """Create a domain and its faces partition."""
+    async def create_domain(self, name: str, *, model: str, exist_ok: bool = False) -> Domain:
+        """Create a domain of ``model`` and its faces partition. With ``exist_ok``, an existing
+        domain is returned as it is (with its own model, whatever ``model`` says)."""
         name = names.domain_name(name)
+        model_dim(model)
         async with self.conn.transaction():
             row = await self._one(
-                "INSERT INTO domains (name) VALUES (%s) ON CONFLICT (name) DO NOTHING RETURNING id",
-                (name,))
+                "INSERT INTO domains (name, model) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
+                " RETURNING id", (name, model))
             if row is None:
                 if not exist_ok:
                     raise Conflict(f"domain {name!r} already exists")
                 return await self.get_domain(name)
             await self.conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF faces FOR VALUES IN ({})")
                                     .format(_partition(row[0]), sql.Literal(row[0])))
-        return Domain(row[0], name)
+        return Domain(row[0], name, model)
+
+    async def set_domain_model(self, name: str, model: str) -> Domain:
+        """Switch a domain to another model: from now on it enrolls and searches with ``model``.
+        Its faces of other models stay (unsearched) until :meth:`delete_model_faces`."""
+        model_dim(model)
+        row = await self._one("UPDATE domains SET model = %s WHERE name = %s RETURNING id, name, model",
+                              (model, names.domain_name(name)))
+        if row is None:
+            raise NotFound(f"unknown domain {name!r}")
+        return Domain(*row)
+
+    async def domain_models(self) -> list[str]:
+        """The models of the domains, each once (what the model workers should preload)."""
+        return [r[0] for r in await self._all("SELECT DISTINCT model FROM domains ORDER BY 1")]
 
     async def list_domains(self) -> list[DomainInfo]:
         return [DomainInfo(*r) for r in await self._all(_DOMAIN_INFO + " ORDER BY d.name")]
@@ -498,6 +518,19 @@ class Gallery:
             "SELECT m.name, count(*) FROM faces f JOIN models m ON m.id = f.model_id"
             " WHERE f.domain_id = %s GROUP BY m.name ORDER BY m.name", (domain.id,))
         return dict(rows)
+
+    async def delete_model_faces(self, domain: Domain, model: str) -> int:
+        """Delete this domain's faces of one model (and that model's vector index on the
+        domain's partition); returns how many. Run :meth:`purge` after it."""
+        if model not in (await self.face_models(domain)):
+            return 0
+        model_id, _ = await self.model(model)
+        async with self.conn.transaction():
+            cur = await self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND model_id = %s",
+                                          (domain.id, model_id))
+            await self.conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+                sql.Identifier(f"faces_d{int(domain.id)}_m{int(model_id)}_hnsw")))
+        return cur.rowcount
 
     async def export_faces(self, domain: Domain, model: str) -> list[ExportedFace]:
         """Every face of one model in this domain with its embedding, by person then id."""

@@ -46,8 +46,9 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def migrate(conn: psycopg.Connection) -> list[int]:
-    """Apply the migrations this database lacks; return the versions applied."""
+def migrate(conn: psycopg.Connection, target: int | None = None) -> list[int]:
+    """Apply the migrations this database lacks, up to version ``target`` (default: all); return
+    the versions applied. (A target lets tests build a database as an older release left it.)"""
     applied_now = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
@@ -58,7 +59,7 @@ def migrate(conn: psycopg.Connection) -> list[int]:
         )
         done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
         for version, name, sql in migrations():
-            if version in done:
+            if version in done or (target is not None and version > target):
                 continue
             conn.execute(sql)
             conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",

@@ -51,7 +51,7 @@ import numpy as np
 
 from .. import deepface_pkl, names
 from ..errors import Conflict, FacesearchError, InvalidName, NotFound, StoreError
-from ..models import MODEL_DIMS, model_dim
+from ..models import DEEPFACE_PREFIX, DLIB_MODEL, MODEL_DIMS, model_dim
 from .gallery import (
     KEY_PREFIX,
     KEY_SHOWN,
@@ -95,11 +95,32 @@ def uses_pkl(store: str) -> bool:
     raise FacesearchError(f"FACESEARCH_STORE must be 'pgvector' or 'pkl', not {store!r}")
 
 
+def _deepface_has(model: str) -> bool:
+    """Whether DeepFace has this model (its Dlib is our dlib-resnet-v1)."""
+    return model == DLIB_MODEL or model.startswith(DEEPFACE_PREFIX)
+
+
 def model_file(model: str) -> str:
-    """The file a model's faces are kept in: DeepFace's current name for it."""
+    """The file a model's faces are kept in: DeepFace's current name for it. facesearch's own
+    models that DeepFace lacks (sface-2021dec, sface-dlib-v1) get a name of the same form with
+    facesearch's model name and its YuNet detector, which DeepFace never reads."""
     model_dim(model)
+    if not _deepface_has(model):
+        return f"ds_model_{model}_detector_yunet_aligned_normalization_base_expand_0.pkl"
     return deepface_pkl.export_filename(
         model, detector=_OUR_DETECTOR if deepface_pkl.deepface_model(model) == "Dlib" else "opencv")
+
+
+# The files of facesearch's own models, by name.
+_OWN_FILES = {model_file(m): m for m in MODEL_DIMS if not _deepface_has(m)}
+
+
+def _file_model(file_name: str) -> str | None:
+    """The model whose faces a domain folder's file holds, from its name (None: not ours)."""
+    if file_name in _OWN_FILES:
+        return _OWN_FILES[file_name]
+    deepface_name = deepface_pkl.model_from_filename(file_name)
+    return None if deepface_name is None else deepface_pkl.facesearch_model(deepface_name)
 
 
 def person_folder(name: str) -> str:
@@ -174,6 +195,7 @@ class _DomainState:
     vectors: dict[str, _Vectors]
     files: dict[str, str]  # model -> its PKL file's name in the domain folder
     signature: tuple = ()
+    model: str = DLIB_MODEL  # the domain's model: what it enrolls and searches with
     stale: bool = False  # differs from the files (rows taken in, faces gone): rewrite on next write
     orphan_thumbnails: set[int] = field(default_factory=set)
     by_name: dict[str, int] = field(default_factory=dict)
@@ -191,7 +213,10 @@ class _DomainState:
                        _index={}, _stats=None)
 
     def info(self) -> DomainInfo:
-        return DomainInfo(self.name, len(self.people), len(self.faces), self.created_at)
+        return DomainInfo(self.name, len(self.people), len(self.faces), self.created_at, self.model)
+
+    def domain(self) -> Domain:
+        return Domain(self.id, self.name, self.model)
 
     def stats(self, pid: int) -> tuple[int, int | None]:
         """A person's face count and smallest face id with a thumbnail (cached per snapshot)."""
@@ -215,7 +240,7 @@ class _DomainState:
         column, value = _person_key(person)
         pid = value if column == "id" else self.by_name.get(value)  # type: ignore[arg-type]
         if pid not in self.people:
-            raise _no_person(Domain(self.id, self.name), column, value)
+            raise _no_person(self.domain(), column, value)
         return pid  # type: ignore[return-value]
 
     def index(self, model: str) -> _Index | None:
@@ -312,10 +337,9 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
     folder = root / name
     files: dict[str, str] = {}
     for path in sorted(folder.glob("ds_model_*.pkl")):
-        deepface_name = deepface_pkl.model_from_filename(path.name)
-        if deepface_name is None:
+        model = _file_model(path.name)
+        if model is None:
             continue
-        model = deepface_pkl.facesearch_model(deepface_name)
         if model in files:
             raise StoreError(f"domain {name!r} has two PKL files of model {model}: {files[model]} and "
                              f"{path.name}; keep one")
@@ -349,7 +373,11 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
         path = folder / file_name
         try:
             contents = deepface_pkl.read_pkl(path)
-            deepface_pkl.check_dimension(contents, deepface_pkl.deepface_model(model), path)
+            if _deepface_has(model):
+                deepface_pkl.check_dimension(contents, deepface_pkl.deepface_model(model), path)
+            elif contents.dim is not None and contents.dim != model_dim(model):
+                raise deepface_pkl.InvalidPkl(f"the embeddings have {contents.dim} numbers, "
+                                              f"{model} gives {model_dim(model)}")
         except deepface_pkl.InvalidPkl as exc:
             raise _unreadable(path, exc.message) from None
         mtime = datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
@@ -387,6 +415,15 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
         if ids:
             st.vectors[model] = _Vectors(np.array(ids, dtype=np.int64),
                                          np.ascontiguousarray(np.stack(vectors), dtype=np.float32))
+    # Sidecars from before domains had a model: the model most of its faces have, else
+    # dlib-resnet-v1 (the only one that release enrolled with by default); written at next write.
+    model = meta["domain"].get("model")
+    if not isinstance(model, str) or not model:
+        counts: dict[str, int] = {}
+        for f in st.faces.values():
+            counts[f.model] = counts.get(f.model, 0) + 1
+        model = min(counts, key=lambda m: (-counts[m], m)) if counts else DLIB_MODEL
+    st.model = model
     gone = set(known) - set(st.faces)
     if gone:  # rows removed from a file: those faces are gone
         st.stale = True
@@ -412,7 +449,8 @@ def _rows(st: _DomainState, model: str, folder: str) -> list[dict[str, Any]]:
 def _sidecar(st: _DomainState) -> dict[str, Any]:
     return {
         "format": _FORMAT,
-        "domain": {"id": st.id, "name": st.name, "created_at": st.created_at.isoformat()},
+        "domain": {"id": st.id, "name": st.name, "created_at": st.created_at.isoformat(),
+                   "model": st.model},
         "next_person_id": st.next_person_id, "next_face_id": st.next_face_id,
         "people": [{"id": pid, "name": p.name, "metadata": p.metadata,
                     "created_at": p.created_at.isoformat()} for pid, p in sorted(st.people.items())],
@@ -706,31 +744,48 @@ class PklGallery:
         st = await self.store.domain(names.domain_name(name))
         if st is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
-        return Domain(st.id, st.name)
+        return st.domain()
 
-    async def create_domain(self, name: str, *, exist_ok: bool = False) -> Domain:
-        """Create a domain: its folder and sidecar (no model file until it has faces)."""
+    async def create_domain(self, name: str, *, model: str, exist_ok: bool = False) -> Domain:
+        """Create a domain of ``model``: its folder and sidecar (no model file until it has faces).
+        With ``exist_ok``, an existing domain is returned as it is (with its own model)."""
         name = names.domain_name(name)
+        model_dim(model)
         release = await self.store.lock("")
         try:
             st = await self.store.domain(name)
             if st is not None:
                 if not exist_ok:
                     raise Conflict(f"domain {name!r} already exists")
-                return Domain(st.id, st.name)
+                return st.domain()
             state = await self.store.store_state()
             domain_id = state.next_domain_id
             await self.store.save_store(replace(state, next_domain_id=domain_id + 1))
             release_domain = await self.store.lock(name)
             try:
-                work = _Work(_DomainState(domain_id, name, datetime.now(UTC), 1, 1, {}, {}, {}, {}))
+                work = _Work(_DomainState(domain_id, name, datetime.now(UTC), 1, 1, {}, {}, {}, {},
+                                          model=model))
                 work.touch()
                 await self.store.commit(work)
             finally:
                 release_domain()
         finally:
             release()
-        return Domain(domain_id, name)
+        return Domain(domain_id, name, model)
+
+    async def set_domain_model(self, name: str, model: str) -> Domain:
+        """Switch a domain to another model: from now on it enrolls and searches with ``model``.
+        Its faces of other models stay (unsearched) until :meth:`delete_model_faces`."""
+        model_dim(model)
+        domain = await self.get_domain(name)
+        async with self._edit(domain) as work:
+            work.st.model = model
+            work.touch()
+        return work.st.domain()
+
+    async def domain_models(self) -> list[str]:
+        """The models of the domains, each once (what the model workers should preload)."""
+        return sorted({d.model for d in await self.list_domains()})
 
     async def list_domains(self) -> list[DomainInfo]:
         found = []
@@ -977,6 +1032,15 @@ class PklGallery:
         for f in st.faces.values():
             counts[f.model] = counts.get(f.model, 0) + 1
         return dict(sorted(counts.items()))
+
+    async def delete_model_faces(self, domain: Domain, model: str) -> int:
+        """Delete this domain's faces of one model (its file goes); returns how many."""
+        model_dim(model)
+        async with self._edit(domain) as work:
+            doomed = {fid for fid, f in work.st.faces.items() if f.model == model}
+            if doomed:
+                work.drop_faces(doomed)
+        return len(doomed)
 
     async def export_faces(self, domain: Domain, model: str) -> list[ExportedFace]:
         """Every face of one model in this domain with its embedding, by person then id."""
