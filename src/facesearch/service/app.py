@@ -22,10 +22,11 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..config import Settings
-from ..errors import FacesearchError
+from ..errors import FacesearchError, ModelError
 from ..inference import ModelPool, ModelSpec
-from ..store import database_url, open_pool, prepare
-from ..store.pkl import PklStore, uses_pkl
+from ..models import check_model_files
+from ..store import Gallery, database_url, open_pool, prepare
+from ..store.pkl import PklGallery, PklStore, uses_pkl
 from .auth import admin_key_digest
 from .observability import Metrics, RequestLog
 from .routes import domains, health, people, photos
@@ -61,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(prepare, url)  # pgvector and migrations, once
             db = open_pool(url, max_size=max(4, settings.workers * 4))
             await db.open(wait=True, timeout=30)
-        spec = ModelSpec(model=settings.model, detector=settings.detector, runtime=settings.runtime,
+        spec = ModelSpec(model=settings.model, models=await _preloaded(db, settings),
+                         detector=settings.detector, runtime=settings.runtime,
                          cache_dir=str(settings.cache_dir))
         models = ModelPool(spec, workers=settings.workers)
         svc = Service(settings=settings, db=db, models=models,
@@ -72,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 models.start()
                 log.info("model workers ready: %d x %s (%s, %s detector)", models.workers,
-                         settings.model, settings.runtime, settings.detector)
+                         ", ".join(dict.fromkeys([spec.model, *spec.models])), settings.runtime,
+                         settings.detector)
             except FacesearchError as exc:
                 svc.models_error = exc.message
                 log.error("model workers failed to start: %s", exc.message)
@@ -97,6 +100,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_upload)
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
     return app
+
+
+async def _preloaded(db: AsyncConnectionPool | PklStore, settings: Settings) -> tuple[str, ...]:
+    """The models of the existing domains besides the default, which every worker loads at
+    start-up (so no domain's first request waits for its model). A model that cannot load here
+    (a DeepFace model whose weights are missing, or one this version does not know) is left out
+    with a warning: its domains answer 503 until it can."""
+    if isinstance(db, PklStore):
+        in_use = await PklGallery(db).domain_models()
+    else:
+        async with db.connection() as conn:
+            in_use = await Gallery(conn).domain_models()
+    models = []
+    for model in in_use:
+        if model == settings.model:
+            continue
+        try:
+            check_model_files(model)
+        except ModelError as exc:
+            log.warning("not loading model %s (of domains in use) in the workers: %s", model,
+                        exc.message)
+            continue
+        models.append(model)
+    return tuple(models)
 
 
 def error_response(request: Request, status: int, code: str, message: str,

@@ -22,10 +22,15 @@ class ErrorBody(BaseModel):
 
 class DomainCreate(BaseModel):
     name: str = Field(examples=["slovenia"], description="Letters, digits, '.', '_', '-'; 1-63.")
+    model: str | None = Field(None, examples=["sface-2021dec"], description=(
+        "The model its faces are embedded and searched with; default: the server's "
+        "FACESEARCH_MODEL. Photos are not kept, so changing it later means enrolling them again "
+        "(facesearch domains set-model)."))
 
 
 class DomainOut(BaseModel):
     name: str
+    model: str = Field(description="What the domain enrolls and recognizes with.")
     people: int
     faces: int
     created_at: datetime
@@ -117,6 +122,7 @@ class EnrollResult(BaseModel):
 class EnrollOut(BaseModel):
     person: PersonOut
     enrolled: int
+    model: str = Field(description="The domain's model, which embedded the faces.")
     results: list[EnrollResult]
 
 

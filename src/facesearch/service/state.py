@@ -46,14 +46,16 @@ class Service:
         async with self.db.connection() as conn:
             yield Gallery(conn, self.cache)
 
-    async def analyze(self, data: bytes, *, max_faces: int, embed: bool = True,
+    async def analyze(self, data: bytes, *, model: str, max_faces: int, embed: bool = True,
                       thumbnails: bool = False, largest: bool = False,
                       min_face: int | None = None) -> Analysis:
-        """Decode, detect and embed one photo in a model worker (and crop thumbnails if asked).
-        ``largest`` and ``min_face`` (default: the server's): see ``FaceModel.detect``."""
+        """Decode, detect and embed one photo in a model worker with ``model`` (a domain's, or
+        the server's default; and crop thumbnails if asked). ``largest`` and ``min_face``
+        (default: the server's): see ``FaceModel.detect``."""
         future = self.models.submit(data, max_pixels=self.settings.max_pixels,
                                     max_faces=max_faces, embed=embed, thumbnails=thumbnails,
-                                    min_face=min_face or self.settings.min_face, largest=largest)
+                                    min_face=min_face or self.settings.min_face, largest=largest,
+                                    model=model)
         analysis = await asyncio.wrap_future(future)
         self.metrics.observe_inference(analysis.timings_ms)
         return analysis

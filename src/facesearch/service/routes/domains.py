@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
+from ...config import usable_model
 from ..schemas import DomainCreate, DomainList, DomainOut, KeyCreate, KeyCreated, KeyList, KeyOut
 from ..state import AdminDep, DomainDep, ServiceDep
 
@@ -15,8 +16,11 @@ router = APIRouter(prefix="/v1/domains", tags=["domains"])
 @router.post("", status_code=201, response_model=DomainOut)
 async def create_domain(body: DomainCreate, _: AdminDep,
                         svc: ServiceDep) -> dict:
+    """A new domain of ``model`` (default: the server's). An unknown model, or one that cannot
+    load here (DeepFace's without their weights), is refused (422) with the list of models."""
+    model = usable_model(svc.settings.model if body.model is None else body.model)
     async with svc.gallery() as gallery:
-        dom = await gallery.create_domain(body.name)
+        dom = await gallery.create_domain(body.name, model=model)
         return asdict(await gallery.domain_info(dom.name))
 
 

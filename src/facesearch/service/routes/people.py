@@ -150,7 +150,7 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
     # The largest face is enrolled: small faces are looked for only in photos without a large
     # one, so "several faces" means several large ones (a face picked by index needs them all).
     analyses = await asyncio.gather(
-        *(svc.analyze(p.data, max_faces=min(index + 1, svc.settings.max_faces),
+        *(svc.analyze(p.data, model=dom.model, max_faces=min(index + 1, svc.settings.max_faces),
                       thumbnails=svc.settings.thumbnails, largest=face is None or face == "largest")
           for p in photos),
         return_exceptions=True)
@@ -172,7 +172,7 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
         async with svc.gallery() as gallery:
             pid = (person.id if isinstance(person, Person)
                    else await gallery.person_id(dom, person, create=True))
-            ids = await gallery.add_faces(dom, svc.settings.model, [
+            ids = await gallery.add_faces(dom, dom.model, [
                 NewFace(person_id=pid, embedding=f.embedding, box=(f.box.x, f.box.y, f.box.w, f.box.h),
                         score=f.score, photo_sha256=sha, thumbnail=f.thumbnail)
                 for _, f, sha in chosen])
@@ -190,7 +190,7 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
         error.details = results
         raise error
     assert isinstance(person, Person)
-    return {"person": asdict(person), "enrolled": enrolled, "results": results}
+    return {"person": asdict(person), "enrolled": enrolled, "model": dom.model, "results": results}
 
 
 def _chosen_face(analysis: Analysis | BaseException, face: str | None, index: int) -> Face:

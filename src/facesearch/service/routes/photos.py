@@ -12,16 +12,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from ... import names
+from ...config import usable_model
 from ...errors import BadRequest, NoFace
 from ...models.base import Analysis
+from ..auth import Caller
 from ..schemas import DetectOut, RecognizeOut, VerifyOut
-from ..state import CallerDep, DomainDep, ServiceDep
+from ..state import CallerDep, DomainDep, Service, ServiceDep
 from ..uploads import photo_body, read_upload
 
 router = APIRouter(tags=["recognition"])
 
 Threshold = Annotated[float | None, Query(ge=0, le=2, description=(
-    "Cosine distance under which two faces are the same person; default: the server's calibrated one."))]
+    "Cosine distance under which two faces are the same person; default: the one calibrated for "
+    "the model (FACESEARCH_THRESHOLD / FACESEARCH_VERIFY_THRESHOLD if set)."))]
 
 
 MinFace = Annotated[int | None, Query(ge=20, le=10_000, description=(
@@ -53,13 +57,13 @@ async def recognize(request: Request, dom: DomainDep,
     """Who is in this photo? Every face (largest first) with its best matches in the domain."""
     start = time.perf_counter()
     s = svc.settings
-    threshold = s.threshold if threshold is None else threshold
+    threshold = s.recognize_threshold(dom.model) if threshold is None else threshold
     photo = (await read_upload(request)).one("photo")
-    analysis = await svc.analyze(photo.data, max_faces=min(max_faces or s.max_faces, s.max_faces),
-                                 min_face=min_face)
+    analysis = await svc.analyze(photo.data, model=dom.model,
+                                 max_faces=min(max_faces or s.max_faces, s.max_faces), min_face=min_face)
     t0 = time.perf_counter()
     async with svc.gallery() as gallery:
-        results = await gallery.search(dom, s.model, [f.embedding for f in analysis.faces],
+        results = await gallery.search(dom, dom.model, [f.embedding for f in analysis.faces],
                                        k=top_k, threshold=threshold)
     search_ms = (time.perf_counter() - t0) * 1e3
     svc.metrics.search.observe(search_ms / 1e3)
@@ -69,21 +73,43 @@ async def recognize(request: Request, dom: DomainDep,
          "distance": round(m.distance, 5), "similarity": round(1 - m.distance, 5)}
         for m in matches]} for face, matches in zip(analysis.faces, results, strict=True)]
     return {"faces": faces, "faces_found": analysis.faces_found, "image": _image(analysis),
-            "model": s.model, "threshold": threshold, "top_k": top_k,
+            "model": dom.model, "threshold": threshold, "top_k": top_k,
             "timings_ms": _timings(request, start, **analysis.timings_ms, search=search_ms)}
 
 
+async def _verify_model(request: Request, who: Caller, svc: Service, domain: str | None,
+                        model: str | None) -> str:
+    """The model verify compares with: the domain's (which the key must reach, as on the domain
+    routes), the one named, or the server's default."""
+    if domain is not None and model is not None:
+        raise BadRequest("give ?domain= or ?model=, not both")
+    if domain is not None:
+        name = names.domain_name(domain)
+        who.check_domain(name)
+        request.state.domain = name
+        async with svc.gallery() as gallery:
+            return (await gallery.get_domain(name)).model
+    return usable_model(svc.settings.model if model is None else model)
+
+
 @router.post("/v1/verify", response_model=VerifyOut, openapi_extra=photo_body("photo1", "photo2"))
-async def verify(request: Request, _: CallerDep, svc: ServiceDep,
-                 threshold: Threshold = None) -> dict:
+async def verify(request: Request, who: CallerDep, svc: ServiceDep,
+                 threshold: Threshold = None,
+                 domain: Annotated[str | None, Query(max_length=63, description=(
+                     "Compare with this domain's model (the key must reach the domain)."))] = None,
+                 model: Annotated[str | None, Query(max_length=100, description=(
+                     "Compare with this model; default: the server's FACESEARCH_MODEL."))] = None,
+                 ) -> dict:
     """Are the largest faces of two photos (``photo1``, ``photo2``) the same person?"""
     start = time.perf_counter()
-    threshold = svc.settings.verify_threshold if threshold is None else threshold
+    model = await _verify_model(request, who, svc, domain, model)
+    threshold = svc.settings.verify_threshold_for(model) if threshold is None else threshold
     upload = await read_upload(request)
     photos = upload.named("photo1", "photo2") or upload.photos
     if len(photos) != 2:
         raise BadRequest(f"send two photos, as file fields 'photo1' and 'photo2' (got {len(photos)})")
-    analyses = await asyncio.gather(*(svc.analyze(p.data, max_faces=1, largest=True) for p in photos))
+    analyses = await asyncio.gather(*(svc.analyze(p.data, model=model, max_faces=1, largest=True)
+                                      for p in photos))
     for label, analysis in zip(("photo1", "photo2"), analyses, strict=True):
         if not analysis.faces:
             raise NoFace(f"no face found in {label}")
@@ -92,7 +118,7 @@ async def verify(request: Request, _: CallerDep, svc: ServiceDep,
     request.state.faces = 2
     return {"same_person": distance < threshold, "distance": round(distance, 5),
             "similarity": round(1 - distance, 5), "threshold": threshold,
-            "model": svc.settings.model, "faces": [a.as_dict(), b.as_dict()],
+            "model": model, "faces": [a.as_dict(), b.as_dict()],
             "timings_ms": _timings(request, start)}
 
 
@@ -102,8 +128,8 @@ async def detect(request: Request, _: CallerDep, svc: ServiceDep,
     """Faces of a photo: boxes, detection scores and 5 landmarks (no recognition)."""
     start = time.perf_counter()
     photo = (await read_upload(request)).one("photo")
-    analysis = await svc.analyze(photo.data, max_faces=svc.settings.max_faces, embed=False,
-                                 min_face=min_face)
+    analysis = await svc.analyze(photo.data, model=svc.settings.model, max_faces=svc.settings.max_faces,
+                                 embed=False, min_face=min_face)
     request.state.faces = len(analysis.faces)
     return {"faces": [f.as_dict() for f in analysis.faces], "faces_found": analysis.faces_found,
             "image": _image(analysis), "timings_ms": _timings(request, start, **analysis.timings_ms)}

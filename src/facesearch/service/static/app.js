@@ -288,7 +288,7 @@ async function renderDomains(token) {
     h('button', { type: 'button', class: 'domain', 'aria-pressed': String(d.name === state.domain),
       onclick: () => openDomain(d.name) },
     h('strong', {}, d.name), h('span', { class: 'muted' },
-      ` ${plural(d.people, 'person', 'people')}, ${plural(d.faces, 'face')}`)))));
+      ` ${plural(d.people, 'person', 'people')}, ${plural(d.faces, 'face')}; model ${d.model}`)))));
   show('domain');
 }
 
@@ -419,7 +419,7 @@ function showRecognized(file, result) {
   let status = `${file.name}: ${plural(result.faces_found, 'face')} found`;
   if (result.faces_found) status += `, ${known} recognized`;
   if (result.faces.length < result.faces_found) status += ` (the ${result.faces.length} largest matched)`;
-  $('#recognize-status').textContent = `${status}. Threshold ${result.threshold}.`;
+  $('#recognize-status').textContent = `${status}. Model ${result.model}, threshold ${result.threshold}.`;
   const t = result.timings_ms;
   $('#recognize-timings').textContent = Object.entries(t)
     .map(([step, v]) => `${step} ${ms(v)} ms`).join(' · ');
