@@ -95,7 +95,7 @@ def enroll_and_search(url: str, domain: str, root: Path, proto: Protocol, table:
     rows = table.row()
     out: dict = {}
     with BlockingGallery(url) as g:
-        dom = g.create_domain(domain)
+        dom = g.create_domain(domain, model=model)
         try:
             ids = g.ensure_people(dom, proto.gallery)
             faces = []

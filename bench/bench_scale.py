@@ -174,7 +174,7 @@ def load_facesearch(gallery: BlockingGallery, domains: dict[str, int], state: St
             gallery_module.HNSW_EF_CONSTRUCTION = BEFORE["ef_construction"]
         t = time.perf_counter()
         try:
-            dom = gallery.create_domain(name)
+            dom = gallery.create_domain(name, model=MODEL)
             ids = gallery.ensure_people(dom, [f"p{i}" for i in range(len(vectors))])
             gallery.add_faces(dom, MODEL, [
                 NewFace(ids[f"p{i}"], e, (0, 0, 1, 1), 1.0, photo_sha(name, i, j))

@@ -90,7 +90,7 @@ def main() -> None:
             if d.name == name:
                 gallery.delete_domain(name)
         t = time.perf_counter()
-        dom = gallery.create_domain(name)
+        dom = gallery.create_domain(name, model=MODEL)
         ids = gallery.ensure_people(dom, [f"p{i}" for i in range(len(faces))])
         gallery.add_faces(dom, MODEL, [
             NewFace(ids[f"p{i}"], e, (0, 0, 1, 1), 1.0, hashlib.sha256(f"{name}{i}/{j}".encode()).digest())

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from facesearch.config import DEFAULT_VERIFY_THRESHOLD, Settings
+from facesearch.config import Settings
+from facesearch.models import DLIB_MODEL
 
-# The tests enroll a few dozen LFW people and check that the right one comes first, so every
-# facesearch they run (CLI, server) recognizes under the 1:1 threshold (LFW pairs), not the shipped
-# 1:N default, which is set for galleries of thousands (bench/bench_openset.py measures it).
-os.environ["FACESEARCH_THRESHOLD"] = str(DEFAULT_VERIFY_THRESHOLD)
+# Every facesearch the tests run (CLI, server) recognizes under each domain's model's own
+# thresholds: nothing set here may override them for all models at once.
+for _name in ("FACESEARCH_MODEL", "FACESEARCH_THRESHOLD", "FACESEARCH_VERIFY_THRESHOLD"):
+    os.environ.pop(_name, None)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,9 +101,11 @@ def db(db_url: str) -> Iterator:
 
 @pytest.fixture(scope="session")
 def pool(settings: Settings) -> Iterator:
+    """Model workers on dlib-resnet-v1 (a task may name another model)."""
     from facesearch.inference import ModelPool, ModelSpec
 
-    with ModelPool(ModelSpec(cache_dir=str(settings.cache_dir)), workers=settings.workers) as p:
+    spec = ModelSpec(model=DLIB_MODEL, cache_dir=str(settings.cache_dir))
+    with ModelPool(spec, workers=settings.workers) as p:
         yield p
 
 

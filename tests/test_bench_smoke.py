@@ -50,7 +50,9 @@ def test_models(faces_root: Path, tmp_path: Path) -> None:
 def test_groups(faces_root: Path, tmp_path: Path) -> None:
     rows = table_rows(bench(faces_root, tmp_path, "bench.bench_groups", "--photos", "2",
                             "--models", "sface-2021dec"))
-    assert len(rows) == 1 and rows[0][0] == "sface-2021dec" and "/" in rows[0][1]
+    # The models' table, then the smallest faces YuNet finds (sizes 20 to 40 px).
+    assert rows[0][0] == "sface-2021dec" and "/" in rows[0][1]
+    assert [r[0] for r in rows[1:]] == ["20", "24", "28", "32", "40"], rows
 
 
 def test_detect(faces_root: Path, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from facesearch.models import DEFAULT_MODEL, DLIB_MODEL, SFACE_MODEL, default_thresholds
+
 from .conftest import photos_of
 
 DOMAIN = "lfw-cli"
@@ -53,6 +55,7 @@ def faces_in_db(db, domain: str = DOMAIN) -> int:
 def test_enroll_summary(enrolled: dict) -> None:
     s = enrolled["summary"]
     assert s["photos"] == 96 and s["people"] == 24
+    assert (s["domain"], s["model"]) == (DOMAIN, DEFAULT_MODEL)  # a new domain: the default model
     assert s["enrolled"] + s["no_face"] + s["unreadable"] == 96
     assert s["enrolled"] >= 90 and s["already_enrolled"] == 0
 
@@ -70,7 +73,8 @@ def test_held_out_photos_are_recognized(enrolled: dict, cli) -> None:
     results = recognize_many(cli, [enrolled["held_out"][p] for p in people])
     right = 0
     for person, result in zip(people, results, strict=True):
-        assert result["model"] == "dlib-resnet-v1"
+        assert result["model"] == DEFAULT_MODEL
+        assert result["threshold"] == default_thresholds(DEFAULT_MODEL)[0]
         faces = result["faces"]
         right += bool(faces and faces[0]["matches"] and faces[0]["matches"][0]["person"] == person)
     assert right / len(people) >= 0.95, f"{right}/{len(people)} right"
@@ -136,13 +140,24 @@ def test_enroll_photos_as_person_rename_and_delete(enrolled: dict, cli, db, lfw:
     assert all(m["person"] != "Gerhard Schröder" for m in result["faces"][0]["matches"])
 
 
-def test_verify(cli, lfw: Path) -> None:
+def test_verify(enrolled: dict, cli, lfw: Path) -> None:
     a, b = photos_of(lfw, "Tony_Blair")[:2]
     same = json.loads(cli("verify", a, b, "--json").stdout)
     assert same["same_person"] is True and same["distance"] < same["threshold"]
+    assert (same["model"], same["threshold"]) == (DEFAULT_MODEL, default_thresholds(DEFAULT_MODEL)[1])
     other = json.loads(cli("verify", a, photos_of(lfw, "Colin_Powell")[0], "--json").stdout)
     assert other["same_person"] is False and other["distance"] >= other["threshold"]
     assert "same person" in cli("verify", a, b).stdout
+    # With another model, or a domain's: that model, at its own threshold.
+    dlib = json.loads(cli("verify", a, b, "--model", DLIB_MODEL, "--json").stdout)
+    assert (dlib["model"], dlib["threshold"]) == (DLIB_MODEL, default_thresholds(DLIB_MODEL)[1])
+    assert dlib["same_person"] is True and dlib["distance"] != same["distance"]
+    mine = json.loads(cli("verify", a, b, "--domain", DOMAIN, "--json").stdout)
+    assert mine["model"] == DEFAULT_MODEL and mine["distance"] == same["distance"]
+    proc = cli("verify", a, b, "--model", "nope", check=False)
+    assert proc.returncode == 1 and "unknown model 'nope'" in proc.stderr and DLIB_MODEL in proc.stderr
+    proc = cli("verify", a, b, "--domain", DOMAIN, "--model", DLIB_MODEL, check=False)
+    assert proc.returncode == 2 and "not both" in proc.stderr
 
 
 def test_detect(cli, lfw: Path) -> None:
@@ -151,9 +166,17 @@ def test_detect(cli, lfw: Path) -> None:
 
 
 def test_domains(enrolled: dict, cli) -> None:
-    cli("domains", "create", "cli-temp")
+    assert "(model sface-2021dec)" in cli("domains", "create", "cli-temp").stdout
+    cli("domains", "create", "cli-temp-dlib", "--model", DLIB_MODEL)
     listed = {d["name"]: d for d in json.loads(cli("domains", "list", "--json").stdout)}
     assert listed[DOMAIN]["people"] >= 24 and listed["cli-temp"]["faces"] == 0
+    assert (listed[DOMAIN]["model"], listed["cli-temp"]["model"], listed["cli-temp-dlib"]["model"]) == (
+        DEFAULT_MODEL, DEFAULT_MODEL, DLIB_MODEL)
+    assert f"cli-temp-dlib\t{DLIB_MODEL}\t0 people" in cli("domains", "list").stdout
+    proc = cli("domains", "create", "cli-temp-bad", "--model", "arcface", check=False)
+    assert proc.returncode == 1 and "unknown model 'arcface'" in proc.stderr
+    assert SFACE_MODEL in proc.stderr and "deepface:ArcFace" in proc.stderr
+    cli("domains", "delete", "cli-temp-dlib", "--yes")
     proc = cli("domains", "create", "cli-temp", check=False)
     assert proc.returncode == 1 and "already exists" in proc.stderr
     assert "deleted domain cli-temp" in cli("domains", "delete", "cli-temp", "--yes").stdout
@@ -249,7 +272,7 @@ def test_faces_list_and_delete(enrolled: dict, cli, db) -> None:
     person = next(iter(enrolled["held_out"]))
     faces = json.loads(cli("faces", "list", "--domain", DOMAIN, "--person", person, "--json").stdout)
     assert len(faces) == 4
-    assert all(f["person"] == person and f["model"] == "dlib-resnet-v1" for f in faces)
+    assert all(f["person"] == person and f["model"] == DEFAULT_MODEL for f in faces)
     cli("faces", "delete", "--domain", DOMAIN, str(faces[0]["id"]))
     gone = db.execute("SELECT count(*) FROM faces WHERE id = %s", (faces[0]["id"],))
     assert gone.fetchone() == (0,)
@@ -273,3 +296,76 @@ def test_enroll_stores_thumbnails_unless_turned_off(enrolled: dict, cli, db, lfw
     bad = cli("enroll", photo, "--domain", "cli-no-thumbs", "--person", "Tony",
               env={"FACESEARCH_THUMBNAILS": "maybe"}, check=False)
     assert bad.returncode == 1 and "FACESEARCH_THUMBNAILS must be 1 or 0" in bad.stderr
+
+
+# -- a domain moved to another model -----------------------------------------------------------
+
+def test_set_model_moves_a_domain_by_enrolling_its_photos_again(cli, db, lfw: Path,
+                                                                  tmp_path: Path) -> None:
+    """4 people on dlib-resnet-v1 (3 photos each), moved to sface-2021dec from a folder with 4
+    photos of 3 of them: refused without --yes (one person would be left without a face) with the
+    domain still answering on dlib-resnet-v1, then done: same people and ids, only sface faces,
+    recognize answers with sface; the left-out person is named."""
+    domain = "cli-move"
+    people = pick_people(lfw, 8, 4)
+    before, after = tmp_path / "before", tmp_path / "after"
+    for name in people:
+        (before / name).mkdir(parents=True)
+        for p in photos_of(lfw, name)[:3]:
+            (before / name / p.name).symlink_to(p)
+        if name != people[-1]:
+            (after / name).mkdir(parents=True)
+            for p in photos_of(lfw, name)[:4]:
+                (after / name / p.name).symlink_to(p)
+    held_out = {name: photos_of(lfw, name)[6] for name in people[:3]}
+
+    def recognized(threshold: float | None = None) -> list[dict]:
+        extra = () if threshold is None else ("--threshold", str(threshold))
+        out = cli("recognize", *held_out.values(), "--domain", domain, "--json", *extra).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    def ids() -> dict[str, int]:
+        return {p["name"]: p["id"] for p in json.loads(
+            cli("people", "list", "--domain", domain, "--json").stdout)}
+
+    def models() -> dict[str, int]:
+        return dict(db.execute("SELECT m.name, count(*) FROM faces f JOIN models m ON m.id = f.model_id"
+                               " JOIN domains d ON d.id = f.domain_id WHERE d.name = %s GROUP BY 1",
+                               (domain,)).fetchall())
+
+    cli("domains", "create", domain, "--model", DLIB_MODEL)
+    enrolled = json.loads(cli("enroll", before, "--domain", domain, "--json").stdout)
+    assert enrolled["model"] == DLIB_MODEL and enrolled["enrolled"] >= 11
+    people_ids = ids()
+    assert {r["model"] for r in recognized()} == {DLIB_MODEL}
+
+    refused = cli("domains", "set-model", domain, SFACE_MODEL, after, check=False)
+    assert refused.returncode == 1
+    assert f"no photo enrolled under {SFACE_MODEL}: {people[-1]}" in refused.stderr
+    # Not switched: the domain answers on its old model; the new faces wait beside the old ones.
+    assert {r["model"] for r in recognized()} == {DLIB_MODEL}
+    assert models() == {DLIB_MODEL: enrolled["enrolled"], SFACE_MODEL: 12}
+
+    proc = cli("domains", "set-model", domain, "nope", after, check=False)
+    assert proc.returncode == 1 and "unknown model 'nope'" in proc.stderr
+
+    # Again, with --yes: resumes (nothing is embedded twice), switches, deletes the old faces.
+    moved = json.loads(cli("domains", "set-model", domain, SFACE_MODEL, after, "--yes", "--json").stdout)
+    assert (moved["model"], moved["previous_model"]) == (SFACE_MODEL, DLIB_MODEL)
+    assert (moved["photos"], moved["enrolled"], moved["already_enrolled"], moved["refused"]) == (12, 0, 12, 0)
+    assert moved["deleted"] == {DLIB_MODEL: enrolled["enrolled"]}
+    assert moved["people_without_faces"] == [people[-1]]
+    assert models() == {SFACE_MODEL: 12} and ids() == people_ids  # same people, same ids
+    listed = {d["name"]: d for d in json.loads(cli("domains", "list", "--json").stdout)}
+    assert listed[domain]["model"] == SFACE_MODEL
+    results = recognized()
+    assert all(r["model"] == SFACE_MODEL and r["threshold"] == default_thresholds(SFACE_MODEL)[0]
+               for r in results)
+    named = [r["faces"][0]["matches"][0]["person"] if r["faces"] and r["faces"][0]["matches"] else None
+             for r in results]
+    assert named == list(held_out), named
+    # The human summary names who is left without a face.
+    text = cli("domains", "set-model", domain, SFACE_MODEL, after, "--yes")
+    assert f"is on {SFACE_MODEL}" in text.stdout
+    assert f"no face under {SFACE_MODEL}: {people[-1]}" in text.stderr
+    cli("domains", "delete", domain, "--yes")

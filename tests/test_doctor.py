@@ -19,9 +19,10 @@ from bench.synthetic import clustered
 from facesearch import doctor
 from facesearch.config import Settings
 from facesearch.inference import ModelPool, ModelSpec
+from facesearch.models import DLIB_MODEL, SFACE_MODEL
 from facesearch.store import BlockingGallery, NewFace, connect
 
-MODEL = "dlib-resnet-v1"
+MODEL = DLIB_MODEL
 BIG = "doctor-big"
 BIG_PEOPLE = 1000  # x 4 faces = 4,000: the planner uses the index from about 3,000
 DATABASE = "facesearch_doctor"
@@ -41,13 +42,13 @@ def sql(url: str, statement: str) -> list[tuple]:
 
 
 def add_people(url: str, domain: str, people: int, seed: int, tag: str = "",
-               autovacuum: bool = True, batch: int | None = None) -> int:
+               autovacuum: bool = True, batch: int | None = None, domain_model: str = MODEL) -> int:
     """Synthetic faces (4 per person) stored through the gallery, as enrollment stores them. Returns
     once the server's table statistics count them: a backend reports its counters a little later
     (here: as its connection closes), and counts reported after an ANALYZE would make it stale."""
     _, faces = clustered(np.random.default_rng(seed), people, 4)
     with BlockingGallery(url) as gallery:
-        dom = gallery.create_domain(domain, exist_ok=True)
+        dom = gallery.create_domain(domain, model=domain_model, exist_ok=True)
         if not autovacuum:  # only the test's ANALYZE, not autovacuum's whenever it comes by
             gallery.run(gallery.conn.execute(f"ALTER TABLE faces_d{dom.id} SET (autovacuum_enabled = false)"))
         ids = gallery.ensure_people(dom, [f"{tag}person {i}" for i in range(people)])
@@ -105,8 +106,13 @@ def test_all_ok_and_the_index_is_used(report: tuple[int, list[dict]]) -> None:
     found = by_name(checks)
     assert set(found) == {
         "database", "database TLS", "pgvector", "migrations", f"statistics: {BIG}", f"index: {BIG}",
-        f"search: {BIG}", "model", "check photo", "dimension", "process: workers", "process: this",
-        "TensorFlow + libpq"}
+        f"search: {BIG}", "model", "check photo", "dimension", f"model: {MODEL}", "process: workers",
+        "process: this", "TensorFlow + libpq"}
+    # The default model (FACESEARCH_MODEL's) and the domain's, each against its reference.
+    assert SFACE_MODEL in found["model"]["detail"] and "sface-2021dec's reference" in \
+        found["check photo"]["detail"]
+    assert "within" in found[f"model: {MODEL}"]["detail"] and "dlib reference" in \
+        found[f"model: {MODEL}"]["detail"]
     assert re.fullmatch(r"faces_d\d+_m\d+_hnsw \(.+\) used by the search plan \(4,000 faces\)",
                         found[f"index: {BIG}"]["detail"])
     search = found[f"search: {BIG}"]["detail"]
@@ -226,10 +232,27 @@ def test_missing_index_fails_with_the_statement_that_recreates_it(
             gallery.delete_domain("doctor-noindex")
 
 
+def test_faces_the_domain_does_not_search_are_a_warning(url: str, db: doctor.Database,
+                                                         settings: Settings) -> None:
+    """A domain on sface-2021dec still holding dlib-resnet-v1 faces (a move not finished): one warn
+    line for them, no index or search checks of a model the domain never searches."""
+    add_people(url, "doctor-moving", 5, seed=16, domain_model=SFACE_MODEL)
+    try:
+        checks = {c.check: c for c in doctor.database_checks(db, settings)}
+        warn = checks["models: doctor-moving"]
+        assert warn.status == "warn" and "20 faces of dlib-resnet-v1" in warn.detail
+        assert "its model is sface-2021dec" in warn.detail and "set-model" in warn.hint
+        assert "index: doctor-moving" not in checks and "search: doctor-moving" not in checks
+        assert doctor.models_in_use(db) == sorted([MODEL, SFACE_MODEL])
+    finally:
+        with BlockingGallery(url) as gallery:
+            gallery.delete_domain("doctor-moving")
+
+
 def test_check_photo_is_detected_and_embeds_as_the_reference(pool, settings: Settings) -> None:
     data, reference = doctor.check_face()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) < 30_000
-    check, embedding = doctor.check_photo(pool, settings)  # ONNX runtime, HOG: the defaults
+    check, embedding = doctor.check_photo(pool, settings, MODEL)  # ONNX runtime, HOG: the defaults
     assert check.status == "ok", check
     expected = reference["faces"]["hog"]
     assert np.max(np.abs(embedding - np.asarray(expected["embedding"]))) < 1e-3
@@ -240,9 +263,9 @@ def test_check_photo_with_dlib_itself_and_the_cnn_detector(settings: Settings) -
     """The reference was computed by dlib's own ResNet: it reproduces it, with either detector's
     reference (the CNN detector's box differs, so do the landmarks and the embedding)."""
     dlib_cnn = replace(settings, runtime="dlib", detector="cnn")
-    spec = ModelSpec(runtime="dlib", detector="cnn", cache_dir=str(settings.cache_dir))
+    spec = ModelSpec(model=MODEL, runtime="dlib", detector="cnn", cache_dir=str(settings.cache_dir))
     with ModelPool(spec, workers=1) as pool:
-        check, embedding = doctor.check_photo(pool, dlib_cnn)
+        check, embedding = doctor.check_photo(pool, dlib_cnn, MODEL)
     assert check.status == "ok", check
     _, reference = doctor.check_face()
     assert np.max(np.abs(embedding - np.asarray(reference["faces"]["cnn"]["embedding"]))) < 1e-5

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch.config import DEFAULT_VERIFY_THRESHOLD
 from facesearch.errors import InvalidImage, UnsupportedImage
+from facesearch.models import DLIB_MODEL, default_thresholds
 
 from .conftest import photos_of
 
@@ -39,8 +39,9 @@ def test_same_person_near_different_people_far(pool, lfw: Path) -> None:
     powell = [pool.analyze(read(p)).faces[0].embedding for p in photos_of(lfw, "Colin_Powell")[:3]]
     blair = pool.analyze(read(photos_of(lfw, "Tony_Blair")[0])).faces[0].embedding
     same = [1 - powell[0] @ powell[i] for i in (1, 2)]
-    assert max(same) < DEFAULT_VERIFY_THRESHOLD
-    assert 1 - powell[0] @ blair > DEFAULT_VERIFY_THRESHOLD
+    verify = default_thresholds(DLIB_MODEL)[1]  # the session pool's model
+    assert max(same) < verify
+    assert 1 - powell[0] @ blair > verify
 
 
 def test_embedding_is_deterministic_across_workers(pool, lfw: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from bench.synthetic import clustered
 from facesearch import deepface_pkl
 from facesearch.deepface_pkl import InvalidPkl, model_from_filename, photo_key
+from facesearch.models import DEFAULT_MODEL, DLIB_MODEL, default_thresholds
 
 from .conftest import photos_of
 from .test_cli import pick_people
@@ -113,12 +114,31 @@ def test_each_generation_imports_as_dlib_and_is_recognized(gen: int, imported: d
                        " ON d.id = f.domain_id WHERE d.name = %s", (f"pkl-g{gen}",)).fetchall()
     assert np.allclose([n[0] for n in norms], 1.0, atol=1e-5)
 
+    # The domain was made with the file's model, and recognizes with it. (Six people: LFW's 1:1
+    # threshold is safe here; the 1:N default is set for galleries of 1,680.)
     people = list(lfw_embeddings["held_out"])
     out = cli("recognize", *(lfw_embeddings["held_out"][p] for p in people), "--domain",
-              f"pkl-g{gen}", "--json").stdout
-    results = [json.loads(line)["faces"] for line in out.splitlines()]
-    named = [f[0]["matches"][0]["person"] if f and f[0]["matches"] else None for f in results]
+              f"pkl-g{gen}", "--json", "--threshold", str(default_thresholds(DLIB_MODEL)[1])).stdout
+    results = [json.loads(line) for line in out.splitlines()]
+    assert {r["model"] for r in results} == {DLIB_MODEL}
+    named = [r["faces"][0]["matches"][0]["person"] if r["faces"] and r["faces"][0]["matches"] else None
+             for r in results]
     assert named == people
+
+
+def test_an_import_gives_a_domain_without_faces_its_model(pkl_files: dict, lfw: Path, cli) -> None:
+    """An existing domain without faces takes the file's model; one with faces of its own model
+    keeps it, and the import says its faces are not searched."""
+    cli("domains", "create", "pkl-into-empty")
+    s = summary(cli("import-pkl", pkl_files[3], "--domain", "pkl-into-empty", "--json"))
+    assert (s["model"], s["domain_model"]) == (DLIB_MODEL, DLIB_MODEL)
+    cli("enroll", photos_of(lfw, "Tony_Blair")[0], "--domain", "pkl-into-busy", "--person", "Tony")
+    proc = cli("import-pkl", pkl_files[3], "--domain", "pkl-into-busy")
+    assert f"recognizes with its model {DEFAULT_MODEL}, not {DLIB_MODEL}" in proc.stderr
+    listed = {d["name"]: d["model"] for d in json.loads(cli("domains", "list", "--json").stdout)}
+    assert (listed["pkl-into-empty"], listed["pkl-into-busy"]) == (DLIB_MODEL, DEFAULT_MODEL)
+    for domain in ("pkl-into-empty", "pkl-into-busy"):
+        cli("domains", "delete", domain, "--yes")
 
 
 def test_no_face_rows_are_skipped_not_stored(imported: dict, db) -> None:
@@ -231,6 +251,7 @@ def test_export_gives_deepface_rows_and_reimports_the_same(imported: dict, pkl_f
 
 def test_export_of_enrolled_faces_names_them_under_db_path(tmp_path: Path, lfw: Path, cli) -> None:
     photos = photos_of(lfw, pick_people(lfw, 5, 6)[1])[:2]
+    cli("domains", "create", "pkl-enrolled", "--model", DLIB_MODEL)  # a model DeepFace has
     cli("enroll", *photos, "--domain", "pkl-enrolled", "--person", "Ana Novak")
     out = tmp_path / "export.pkl"
     proc = cli("export-pkl", "--domain", "pkl-enrolled", "--out", out, "--db-path", "/photos")

@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 
 from facesearch import deepface_pkl
-from facesearch.config import DEFAULT_THRESHOLD
 from facesearch.errors import Conflict, InvalidName, NotFound
+from facesearch.models import DLIB_MODEL, SFACE_MODEL, default_thresholds
 from facesearch.store import BlockingGallery, NewFace
 from facesearch.store.pkl import SIDECAR, BlockingPklGallery, folder_person, model_file, person_folder
 
 from .api.conftest import UNREACHABLE_DB
 from .conftest import STORES, photos_of
 
-MODEL = "dlib-resnet-v1"
+MODEL = DLIB_MODEL
 FILE = model_file(MODEL)
+THRESHOLD = default_thresholds(MODEL)[0]  # recognize's
 
 
 def spread(lfw: Path, count: int, photos: int, exactly: bool = False) -> list[str]:
@@ -57,7 +58,7 @@ def lfw_faces(pool, lfw: Path) -> dict:
 
 def fill(gallery, domain: str, lfw_faces: dict) -> tuple[object, dict[int, Path]]:
     """Enroll the module's people into a new domain: (domain, face id -> photo)."""
-    dom = gallery.create_domain(domain)
+    dom = gallery.create_domain(domain, model=MODEL)
     ids = gallery.ensure_people(dom, lfw_faces["enroll"])
     photos = [(name, p) for name, ps in lfw_faces["enroll"].items() for p in ps]
     new = []
@@ -85,7 +86,7 @@ def test_same_top1_as_pgvector(lfw_faces: dict, db_url: str, pkl: BlockingPklGal
         pg_dom, _ = fill(pg, "pkl-vs-pgvector", lfw_faces)
         try:
             results = {}
-            for threshold in (DEFAULT_THRESHOLD, 2.0):
+            for threshold in (THRESHOLD, 2.0):
                 results[threshold] = pg.search(pg_dom, MODEL, queries, k=5, threshold=threshold)
         finally:
             pg.delete_domain("pkl-vs-pgvector")
@@ -101,7 +102,7 @@ def test_same_top1_as_pgvector(lfw_faces: dict, db_url: str, pkl: BlockingPklGal
                     assert abs(m.distance - common[m.person]) < 1e-5
             assert [m.distance for m in b] == sorted(m.distance for m in b)
             assert len({m.person_id for m in b}) == len(b) and all(m.distance < threshold for m in b)
-        if threshold == DEFAULT_THRESHOLD:
+        if threshold == THRESHOLD:
             held_out = list(lfw_faces["held_out"])
             right = sum(bool(m) and m[0].person == name for name, m in zip(held_out, got, strict=False))
             matched = sum(bool(m) for m in got[len(held_out):])  # strangers
@@ -160,7 +161,11 @@ def test_delete_removes_the_rows_from_the_file(lfw_faces: dict, pkl: BlockingPkl
     name, other = list(lfw_faces["enroll"])[:2]
     gone = {fid for fid, p in photos.items() if p.parent.name == name}
     face = next(fid for fid, p in photos.items() if p.parent.name == other)
-    coordinates = [struct.pack(">d", float(lfw_faces["faces"][photos[f]][0].embedding[0]))
+    def stored(e: np.ndarray) -> float:  # the store keeps each embedding re-normalized
+        v = np.asarray(e, dtype=np.float32)
+        return float((v / float(np.linalg.norm(v)))[0])
+
+    coordinates = [struct.pack(">d", stored(lfw_faces["faces"][photos[f]][0].embedding))
                    for f in [*gone, face]]
     data = (folder / FILE).read_bytes()
     assert all(c in data for c in coordinates)  # pickle keeps each float as 8 big-endian bytes
@@ -205,7 +210,7 @@ def test_a_change_of_the_files_from_outside_is_picked_up(lfw_faces: dict,
     with path.open("wb") as f:
         pickle.dump(rows, f)
     os.utime(path, ns=(1, 1))  # even with an old mtime: the size or inode tells
-    found = pkl.search(dom, MODEL, [query], k=3, threshold=DEFAULT_THRESHOLD)[0]
+    found = pkl.search(dom, MODEL, [query], k=3, threshold=THRESHOLD)[0]
     assert found[0].person == "Ana Novak" and found[0].distance < 1e-5
     assert name not in [m.person for m in found]
     assert name in {p.name for p in pkl.list_people(dom)}  # the person stays, without faces
@@ -225,10 +230,52 @@ def test_a_change_of_the_files_from_outside_is_picked_up(lfw_faces: dict,
         int(r["identity"].rpartition("facesearch-")[2][:-4]) for r in pickle.loads(path.read_bytes())}
 
 
+def test_the_domain_model_is_in_its_sidecar(pkl: BlockingPklGallery) -> None:
+    """The domain's model is kept in its sidecar; a sidecar written before domains had one gives
+    the domain the model most of its faces have, else dlib-resnet-v1. facesearch's own models keep
+    their faces in a file of DeepFace's form under their own name, which DeepFace never reads."""
+    root = pkl.store.root
+    eye = np.eye(128, dtype=np.float32)
+
+    def faces(dom, model: str, n: int) -> None:
+        pid = pkl.person_id(dom, "P", create=True)
+        pkl.add_faces(dom, model, [NewFace(pid, eye[i], (0, 0, 1, 1), None, bytes([i]) * 32)
+                                   for i in range(n)])
+
+    def sidecar(name: str) -> dict:
+        return json.loads((root / name / SIDECAR).read_text())
+
+    mine = pkl.create_domain("mine", model=SFACE_MODEL)
+    faces(mine, SFACE_MODEL, 2)
+    own = model_file(SFACE_MODEL)
+    assert own == "ds_model_sface-2021dec_detector_yunet_aligned_normalization_base_expand_0.pkl"
+    assert (root / "mine" / own).is_file() and deepface_pkl.model_from_filename(own) is None
+    assert sidecar("mine")["domain"]["model"] == SFACE_MODEL
+    faces(pkl.create_domain("mixed", model=MODEL), MODEL, 2)
+    faces(pkl.get_domain("mixed"), SFACE_MODEL, 1)
+    pkl.create_domain("empty", model=SFACE_MODEL)
+    for name in ("mine", "mixed", "empty"):  # as the previous release wrote them
+        meta = sidecar(name)
+        del meta["domain"]["model"]
+        (root / name / SIDECAR).write_text(json.dumps(meta))
+    with BlockingPklGallery(root) as old:
+        assert {d.name: d.model for d in old.list_domains()} == {
+            "mine": SFACE_MODEL, "mixed": MODEL, "empty": MODEL}
+        assert old.search(old.get_domain("mine"), SFACE_MODEL, [eye[1]], k=1,
+                          threshold=0.1)[0][0].person == "P"
+        moved = old.set_domain_model("mixed", SFACE_MODEL)
+        assert old.delete_model_faces(moved, MODEL) == 2
+    assert sidecar("mixed")["domain"]["model"] == SFACE_MODEL
+    assert pkl.get_domain("mixed").model == SFACE_MODEL
+    assert pkl.domain_models() == sorted([SFACE_MODEL, MODEL])
+    assert pkl.face_models(pkl.get_domain("mixed")) == {SFACE_MODEL: 1}
+    assert not (root / "mixed" / FILE).exists()  # no face of dlib's left: no file
+
+
 @pytest.mark.parametrize("gallery", STORES, indirect=True)
 def test_a_transaction_writes_all_or_nothing(gallery) -> None:
     """What import-pkl relies on (``g.conn.transaction()``), in both stores."""
-    dom = gallery.create_domain("parity-tx")
+    dom = gallery.create_domain("parity-tx", model=MODEL)
     g = gallery.gallery
     # The model registered first, outside the transaction: Gallery.model() caches the id of a models
     # row it inserted in a transaction that may roll back (a fresh database would then fail).
@@ -255,12 +302,12 @@ def test_a_transaction_writes_all_or_nothing(gallery) -> None:
 def test_domains_people_and_keys(gallery) -> None:
     """The rest of the Gallery interface: the same answers and errors from both stores."""
     pkl = gallery
-    dom = pkl.create_domain("parity")
+    dom = pkl.create_domain("parity", model=MODEL)
     with pytest.raises(Conflict):
-        pkl.create_domain("parity")
+        pkl.create_domain("parity", model=MODEL)
     with pytest.raises(InvalidName):
-        pkl.create_domain("no spaces")
-    assert pkl.create_domain("parity", exist_ok=True) == dom
+        pkl.create_domain("no spaces", model=MODEL)
+    assert pkl.create_domain("parity", model=MODEL, exist_ok=True) == dom
     ana = pkl.create_person(dom, "Ana", {"team": "blue"})
     with pytest.raises(Conflict):
         pkl.create_person(dom, "Ana")
@@ -330,7 +377,7 @@ def test_a_bad_store_name_is_a_clear_error(cli, tmp_path: Path) -> None:
 
 def test_concurrent_writers_of_one_domain_lose_nothing(pkl: BlockingPklGallery) -> None:
     """Requests of a service enroll at once (one lock per domain): every face is kept."""
-    dom = pkl.create_domain("busy")
+    dom = pkl.create_domain("busy", model=MODEL)
     g = pkl.gallery
     pid = pkl.person_id(dom, "P", create=True)
     rng = np.random.default_rng(1)

@@ -13,17 +13,20 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.synthetic import clustered, near
-from facesearch.errors import Conflict, InvalidName, NotFound, StoreError
+from facesearch.errors import Conflict, InvalidName, ModelError, NotFound, StoreError
+from facesearch.models import DLIB_MODEL, SFACE_MODEL
 from facesearch.store import BlockingGallery, Gallery, GalleryCache, NewFace, connect, open_pool
 from facesearch.store.migrate import migrations
 
-MODEL = "dlib-resnet-v1"
+from .conftest import STORES
+
+MODEL = DLIB_MODEL
 DIM = 128
 
 
 def fill(gallery: BlockingGallery, domain: str, faces: np.ndarray) -> tuple[object, dict[int, int]]:
     """Create a domain with one person per row of ``faces``; returns (domain, person_id -> row)."""
-    dom = gallery.create_domain(domain)
+    dom = gallery.create_domain(domain, model=MODEL)
     ids = gallery.ensure_people(dom, [f"person {i}" for i in range(len(faces))])
     rows, index = [], {}
     for i, person_faces in enumerate(faces):
@@ -57,10 +60,10 @@ def test_domains_people_and_faces(gallery: BlockingGallery, db: psycopg.Connecti
     _, faces = clustered(rng, 3, 2)
     dom, _ = fill(gallery, "store-basics", faces)
     with pytest.raises(Conflict):
-        gallery.create_domain("store-basics")
+        gallery.create_domain("store-basics", model=MODEL)
     with pytest.raises(InvalidName):
-        gallery.create_domain("no spaces")
-    assert gallery.create_domain("store-basics", exist_ok=True).id == dom.id
+        gallery.create_domain("no spaces", model=MODEL)
+    assert gallery.create_domain("store-basics", model=MODEL, exist_ok=True).id == dom.id
 
     people = gallery.list_people(dom)
     assert [(p.name, p.faces) for p in people] == [(f"person {i}", 2) for i in range(3)]
@@ -99,8 +102,61 @@ def test_domains_people_and_faces(gallery: BlockingGallery, db: psycopg.Connecti
         gallery.get_domain("store-basics")
 
 
+@pytest.mark.parametrize("gallery", STORES, indirect=True)
+def test_a_domain_has_a_model(gallery: BlockingGallery, request: pytest.FixtureRequest) -> None:
+    """Created with a model, listed with it, switched to another, its old faces deleted; both
+    stores alike. (dlib-resnet-v1 and sface-2021dec are both 128-d: synthetic faces do for both.)"""
+    rng = np.random.default_rng(3)
+    _, faces = clustered(rng, 2, 2)
+    dom = gallery.create_domain("store-model", model=MODEL)
+    assert dom.model == MODEL == gallery.get_domain("store-model").model
+    assert gallery.domain_info("store-model").model == MODEL
+    assert {d.name: d.model for d in gallery.list_domains()}["store-model"] == MODEL
+    # exist_ok returns the domain as it is, with its own model.
+    assert gallery.create_domain("store-model", model=SFACE_MODEL, exist_ok=True) == dom
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        gallery.create_domain("store-model-bad", model="nope")
+    with pytest.raises(NotFound):
+        gallery.get_domain("store-model-bad")
+
+    ids = gallery.ensure_people(dom, ["A", "B"])
+    for model, k in ((MODEL, 0), (SFACE_MODEL, 1)):
+        gallery.add_faces(dom, model, [NewFace(ids[name], faces[i, k], (0, 0, 1, 1), 1.0,
+                                               hashlib.sha256(f"{name}{k}".encode()).digest())
+                                       for i, name in enumerate("AB")])
+    assert gallery.face_models(dom) == {MODEL: 2, SFACE_MODEL: 2}
+    assert MODEL in gallery.domain_models()
+
+    moved = gallery.set_domain_model("store-model", SFACE_MODEL)
+    assert moved == dataclasses.replace(dom, model=SFACE_MODEL) == gallery.get_domain("store-model")
+    assert SFACE_MODEL in gallery.domain_models()
+    with pytest.raises(NotFound):
+        gallery.set_domain_model("store-nowhere", SFACE_MODEL)
+    with pytest.raises(ModelError):
+        gallery.set_domain_model("store-model", "nope")
+    assert gallery.delete_model_faces(moved, MODEL) == 2
+    assert gallery.delete_model_faces(moved, MODEL) == 0
+    assert gallery.face_models(moved) == {SFACE_MODEL: 2}
+    assert gallery.enrolled_hashes(moved, MODEL) == set()
+    assert [p.faces for p in gallery.list_people(moved)] == [1, 1]  # people and ids stay
+    assert gallery.person_id(moved, "A") == ids["A"]
+    assert gallery.search(moved, SFACE_MODEL, [faces[0, 1]], k=1, threshold=0.5)[0][0].person == "A"
+    if isinstance(gallery, BlockingGallery):  # PostgreSQL
+        db = request.getfixturevalue("db")
+        dlib_id = db.execute("SELECT id FROM models WHERE name = %s", (MODEL,)).fetchone()[0]
+        index = db.execute("SELECT to_regclass(%s)", (f"faces_d{dom.id}_m{dlib_id}_hnsw",)).fetchone()
+        assert index == (None,)  # the old model's index went with its faces
+        # recognize_face() searches the domain's model unless told otherwise.
+        rows = db.execute("SELECT person_name FROM recognize_face(%s, 'store-model', 0.5, 1)",
+                          (faces[1, 1],)).fetchall()
+        assert rows == [("B",)]
+        assert db.execute("SELECT * FROM recognize_face(%s, 'store-model', 0.5, 1, 'dlib-resnet-v1')",
+                          (faces[1, 1],)).fetchall() == []
+    gallery.delete_domain("store-model")
+
+
 def test_wrong_dimension_is_refused(gallery: BlockingGallery) -> None:
-    dom = gallery.create_domain("store-dims")
+    dom = gallery.create_domain("store-dims", model=MODEL)
     pid = gallery.person_id(dom, "x", create=True)
     with pytest.raises(ValueError, match="128"):
         gallery.add_faces(dom, MODEL, [NewFace(pid, np.ones(512, np.float32), (0, 0, 1, 1), 1.0,
@@ -225,7 +281,7 @@ def test_clear_error_when_server_unreachable(db_url: str) -> None:
 def test_search_never_mixes_models(gallery: BlockingGallery, db: psycopg.Connection) -> None:
     """Faces of another model with the same dimension sit in the same domain; a search with one
     model never returns them (rule 4)."""
-    dom = gallery.create_domain("store-models")
+    dom = gallery.create_domain("store-models", model=MODEL)
     pid = gallery.person_id(dom, "Ana", create=True)
     emb = np.eye(DIM, dtype=np.float32)[0]
     gallery.add_faces(dom, MODEL, [NewFace(pid, emb, (0, 0, 1, 1), 1.0, b"\1" * 32)])
@@ -263,8 +319,8 @@ def test_search_many_queries_and_candidates(big_gallery) -> None:
 def test_person_ids_stay_in_their_domain(gallery: BlockingGallery, db: psycopg.Connection) -> None:
     """A person id is global, so each operation by id must check the domain: an id of domain B
     asked through domain A is NotFound, and B's person is left untouched."""
-    a = gallery.create_domain("store-ids-a")
-    b = gallery.create_domain("store-ids-b")
+    a = gallery.create_domain("store-ids-a", model=MODEL)
+    b = gallery.create_domain("store-ids-b", model=MODEL)
     bea = gallery.create_person(b, "Bea", {"team": "b"})
     emb = np.eye(DIM, dtype=np.float32)[1]
     gallery.add_faces(b, MODEL, [NewFace(bea.id, emb, (0, 0, 1, 1), 1.0, b"\3" * 32)])
@@ -297,7 +353,7 @@ def test_person_ids_stay_in_their_domain(gallery: BlockingGallery, db: psycopg.C
 
 
 def test_create_and_count_people(gallery: BlockingGallery) -> None:
-    dom = gallery.create_domain("store-people")
+    dom = gallery.create_domain("store-people", model=MODEL)
     ana = gallery.create_person(dom, "  Ana Novak ", {"employee": 7})
     assert (ana.name, ana.faces, ana.metadata) == ("Ana Novak", 0, {"employee": 7})
     with pytest.raises(Conflict, match="already has a person named 'Ana Novak'"):
@@ -311,7 +367,7 @@ def test_create_and_count_people(gallery: BlockingGallery) -> None:
     assert gallery.count_people(dom, search="extra") == len(gallery.list_people(dom, search="extra"))
     page = gallery.list_people(dom, limit=3, offset=3)
     assert [p.name for p in page] == ["extra 1", "extra 2", "extra 3"]
-    other = gallery.create_domain("store-people-2")
+    other = gallery.create_domain("store-people-2", model=MODEL)
     assert gallery.create_person(other, "Ana Novak").id != ana.id  # names are per domain
     assert gallery.count_people(other) == 1
     gallery.delete_domain("store-people")
@@ -319,7 +375,7 @@ def test_create_and_count_people(gallery: BlockingGallery) -> None:
 
 
 def test_add_faces_returns_new_ids_and_none_for_duplicates(gallery: BlockingGallery) -> None:
-    dom = gallery.create_domain("store-add")
+    dom = gallery.create_domain("store-add", model=MODEL)
     pid = gallery.person_id(dom, "Ana", create=True)
     eye = np.eye(DIM, dtype=np.float32)
 
@@ -341,8 +397,8 @@ def test_add_faces_returns_new_ids_and_none_for_duplicates(gallery: BlockingGall
 
 
 def test_api_keys(gallery: BlockingGallery, db: psycopg.Connection) -> None:
-    a = gallery.create_domain("store-keys-a")
-    b = gallery.create_domain("store-keys-b")
+    a = gallery.create_domain("store-keys-a", model=MODEL)
+    b = gallery.create_domain("store-keys-b", model=MODEL)
     key, secret = gallery.create_key(a, "ci runner")
     assert secret.startswith("fsk_") and len(secret) > 40 and key.prefix == secret[:12]
     assert (key.name, key.last_used_at) == ("ci runner", None)
@@ -416,7 +472,7 @@ def test_concurrent_first_enrollments_into_a_new_domain(gallery: BlockingGallery
     index and the others must not deadlock (the builder waits for their rows, they for its lock)."""
     rng = np.random.default_rng(5)
     _, faces = clustered(rng, 8, 3)
-    dom = gallery.create_domain("store-race")
+    dom = gallery.create_domain("store-race", model=MODEL)
     ids = gallery.ensure_people(dom, [f"p{i}" for i in range(len(faces))])
 
     async def main() -> list[list[int | None]]:

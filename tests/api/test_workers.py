@@ -34,11 +34,12 @@ def test_api_process_never_loads_a_model_runtime(server) -> None:
 
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory, lfw: Path) -> dict:
-    """A server of its own (own data directory, so its own embedded PostgreSQL) with dlib's CNN
-    detector, which takes seconds on a 1000-pixel photo: time to act while requests run."""
+    """A server of its own (own data directory, so its own embedded PostgreSQL) on dlib-resnet-v1
+    with dlib's CNN detector, which takes seconds on a 1000-pixel photo: time to act while
+    requests run."""
     home = tmp_path_factory.mktemp("slow-home")
     srv = start_server(home, home / "server.log", "--workers", "2",
-                       env={"FACESEARCH_DETECTOR": "cnn"})
+                       env={"FACESEARCH_MODEL": "dlib-resnet-v1", "FACESEARCH_DETECTOR": "cnn"})
     buf = io.BytesIO()
     photo = photos_of(lfw, pick_people(lfw, 1, 1, skip=5)[0])[0]
     Image.open(photo).resize((1000, 1000)).save(buf, "JPEG", quality=90)
