@@ -90,8 +90,10 @@ class SFace(Embedder):
             self._sessions[threads] = session(self._path, threads)
         # The graph does SFace's own scaling; it takes RGB planes of 0..255, as OpenCV feeds it.
         blob = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
-        [vectors] = self._sessions[threads].run(None, {"data": blob})
-        return l2_normalize(vectors)
+        # One face a call: onnxruntime runs this network ~15 % slower per face in batches of 8.
+        run = self._sessions[threads].run
+        return l2_normalize(np.concatenate([run(None, {"data": blob[i:i + 1]})[0]
+                                            for i in range(len(blob))]))
 
     def embed_batch(self, items: list[tuple[np.ndarray, list[Face]]]) -> np.ndarray:
         return self.embed_crops(self.crops(items))
