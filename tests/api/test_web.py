@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from ..conftest import photos_of
-from .conftest import ADMIN_KEY, pick_people
+from .conftest import ADMIN_KEY, jpeg, pick_people
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -42,9 +42,18 @@ def browser() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def people(lfw: Path) -> dict[str, list[Path]]:
-    """Two LFW people with 4 photos or more (named with spaces): 3 to enroll, the 4th to recognize."""
-    return {name.replace("_", " "): photos_of(lfw, name)[:4] for name in pick_people(lfw, 4, 2, skip=3)}
+def people(lfw: Path, server) -> dict[str, list[Path]]:
+    """Two LFW people with 4 photos or more (named with spaces): 3 to enroll, the 4th to recognize.
+    Each of their photos shows one face to the default model (many LFW photos show a second
+    person too, which enrollment rightly refuses without ``?face=``; not what this page tests)."""
+    def one_face(photo: Path) -> bool:
+        r = server.admin.post("/v1/detect", files={"photo": jpeg(photo)})
+        return r.status_code == 200 and r.json()["faces_found"] == 1
+
+    chosen = [name for name in pick_people(lfw, 4, 40, skip=3)
+              if all(one_face(p) for p in photos_of(lfw, name)[:4])][:2]
+    assert len(chosen) == 2
+    return {name.replace("_", " "): photos_of(lfw, name)[:4] for name in chosen}
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +189,7 @@ def test_recognize_shows_boxes_names_and_timings(page, enrolled: dict[str, int],
     # The matches of a face show on hover, and in the list below the photo.
     boxes.first.hover()
     expect(boxes.first.locator(".popup")).to_be_visible()
-    expect(boxes.first.locator(".popup")).to_contain_text("distance 0.0")
+    expect(boxes.first.locator(".popup")).to_contain_text(re.compile(r"distance 0\.\d{3}"))
     expect(page.locator("#recognize-faces li")).to_have_count(2)
     screenshot = os.environ.get("FACESEARCH_SCREENSHOT")
     if screenshot:

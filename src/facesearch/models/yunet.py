@@ -26,6 +26,8 @@ TOP_K = 5000
 DETECT_MAX_SIDE = 1600
 # A box may be this much narrower than ``min_face`` and still count (boxes of one face vary).
 MIN_FACE_SLACK = 0.9
+# With ``largest``, faces smaller than this share of the largest are not reported.
+LARGEST_SHARE = 0.5
 
 
 class YuNet(Detector):
@@ -61,6 +63,11 @@ class YuNet(Detector):
             points = [(float(row[4 + 2 * i]) / scale, float(row[5 + 2 * i]) / scale) for i in range(5)]
             faces.append(Face(box=box, score=float(row[14]), landmarks=points))
         faces.sort(key=lambda f: f.box.area, reverse=True)
+        if largest and faces:
+            # Only the largest face matters (enrollment, verify): faces under half its size are
+            # bystanders, not a second candidate, as dlib's search for large faces first implies.
+            big = max(faces[0].box.w, faces[0].box.h) * LARGEST_SHARE
+            faces = [f for f in faces if max(f.box.w, f.box.h) >= big]
         return faces
 
     def raw(self, image: np.ndarray) -> np.ndarray:
