@@ -64,6 +64,7 @@ RUNTIMES = {
     "onnxruntime": re.compile(r"/onnxruntime[^/]*\.so|/libonnxruntime[^/]*\.so"),
     "tensorflow": re.compile(r"/(libtensorflow|_pywrap_tensorflow)[^/]*\.so"),
     "torch": re.compile(r"/libtorch[^/]*\.so"),
+    "cv2": re.compile(r"/cv2[^/]*\.so"),  # OpenCV: YuNet's and SFace's crops, in the workers only
 }
 LIBPQ = re.compile(r"/libpq[^/]*\.so")
 TF_LIBPQ_WHY = ("TensorFlow's statically linked BoringSSL and libpq's OpenSSL share symbol names, so "
