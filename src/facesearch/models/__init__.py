@@ -93,15 +93,11 @@ def load_model(name: str, *, detector: str = "hog", runtime: str = "onnx",
 
         return DlibResNet(detector=detector, runtime=runtime, cache_dir=cache_dir, threads=threads)
 
-    from pathlib import Path
-
-    import platformdirs
-
-    from .base import Pipeline
+    from .base import Pipeline, cache_path
     from .sface import SFace
     from .yunet import YuNet
 
-    cache = Path(cache_dir or platformdirs.user_cache_dir("facesearch"))
+    cache = cache_path(cache_dir)
     sface = SFace(cache, threads=threads)
     if name == SFACE_MODEL:
         return Pipeline(YuNet(cache), sface)

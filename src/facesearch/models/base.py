@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -180,6 +181,13 @@ class Pipeline(FaceModel):
     def set_threads(self, threads: int) -> None:
         self.detector.set_threads(threads)
         self.embedder.set_threads(threads)
+
+
+def cache_path(cache_dir: str | Path | None) -> Path:
+    """Where converted models are kept: ``cache_dir``, else the user's cache directory."""
+    import platformdirs
+
+    return Path(cache_dir or platformdirs.user_cache_dir("facesearch"))
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

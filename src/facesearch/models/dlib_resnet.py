@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ModelError
-from .base import MIN_FACE, Box, Detector, Embedder, Face, Pipeline, l2_normalize
+from .base import MIN_FACE, Box, Detector, Embedder, Face, Pipeline, cache_path, l2_normalize
 
 CHIP_SIZE = 150  # the ResNet's input, as in dlib's dnn_face_recognition_ex.cpp
 CHIP_PADDING = 0.25
@@ -170,15 +170,9 @@ class DlibResNet(Pipeline):
 
     def __init__(self, *, detector: str = "hog", runtime: str = "onnx",
                  cache_dir: str | None = None, threads: int = 1) -> None:
-        cache = _cache(cache_dir)
+        cache = cache_path(cache_dir)
         super().__init__(DlibDetector(detector, cache),
                          DlibResNetEmbedder(cache, runtime=runtime, threads=threads))
-
-
-def _cache(cache_dir: str | Path | None) -> Path:
-    import platformdirs
-
-    return Path(cache_dir or platformdirs.user_cache_dir("facesearch"))
 
 
 def landmark_predictor() -> dlib.shape_predictor:

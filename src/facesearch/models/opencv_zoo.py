@@ -79,15 +79,15 @@ def dequantize(model: object, *, dynamic: str) -> object:
 
     graph = model.graph  # type: ignore[attr-defined]
     consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    folded: dict[str, np.ndarray] = {}
+    folded: dict[str, np.ndarray] = {}  # outputs computed here, which become initializers
     kept = []
     for node in graph.node:
         ins = list(node.input)
-        if node.op_type == "DequantizeLinear" and all(i in consts or i in folded for i in ins if i):
+        if node.op_type == "DequantizeLinear" and all(i in consts for i in ins if i):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            q = (consts | folded)[ins[0]].astype(np.float32)
-            scale = (consts | folded)[ins[1]].astype(np.float32)
-            zero = (consts | folded)[ins[2]].astype(np.float32) if len(ins) > 2 and ins[2] else 0.0
+            q = consts[ins[0]].astype(np.float32)
+            scale = consts[ins[1]].astype(np.float32)
+            zero = consts[ins[2]].astype(np.float32) if len(ins) > 2 and ins[2] else 0.0
             axis = attrs.get("axis", 1) % q.ndim if q.ndim else 0
             block = attrs.get("block_size", 0)
             if block and np.ndim(scale):
