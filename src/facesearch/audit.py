@@ -8,7 +8,7 @@ what is likely wrong with it.
   Each outlier names the person it is nearest to instead, if any is under the cut (move it there).
 - *duplicates*: pairs of people whose nearest faces are under the recognize threshold (likely
   the same person, or look-alikes recognize will confuse), most alike first (average linkage
-  between their faces).
+  between their faces); under the clustering cut on average, they are "likely the same".
 - *single_face*: people with one face (weak at recognition).
 """
 
@@ -123,7 +123,9 @@ def audit_report(face_ids: np.ndarray, person_ids: np.ndarray, emb: np.ndarray,
         "outliers": [{"face_id": o.face_id, "person": who(o.person_id), "distance": o.distance,
                       "nearest_person": who(o.nearest_person_id),
                       "nearest_distance": o.nearest_distance} for o in found.outliers],
+        # likely_same: alike enough on average to be clustered as one person (else look-alikes).
         "duplicates": [{"people": [who(d.person_a), who(d.person_b)], "distance": d.distance,
+                        "likely_same": d.distance < cut,
                         "nearest_distance": d.nearest_distance, "face_ids": [d.face_a, d.face_b]}
                        for d in found.duplicates],
         "single_face": [{"person": who(p), "face_id": f} for p, f in found.single_face],

@@ -48,6 +48,7 @@ def test_audit_finds_the_planted_face_and_the_same_person_twice(server, audited:
     pairs = [{p["name"] for p in d["people"]} for d in report["duplicates"]]
     assert pairs and pairs[0] == {people[5], people[5] + " (2)"}, report["duplicates"]
     assert report["duplicates"][0]["nearest_distance"] < report["duplicate_threshold"]
+    assert report["duplicates"][0]["likely_same"] is True
     assert [s["person"]["name"] for s in report["single_face"]] == [people[6]]
 
 
