@@ -99,7 +99,7 @@ def _duplicates(face_ids: np.ndarray, inverse: np.ndarray, people: np.ndarray, c
         del rows
     found = []
     for (a, b), (near, fa, fb) in closest.items():
-        avg = 1.0 - float(sums[a] @ sums[b]) / (counts[a] * counts[b])
+        avg = 1.0 - float(sums[a] @ sums[b]) / float(counts[a] * counts[b])
         found.append(Duplicate(int(people[a]), int(people[b]), round(avg, 4), round(near, 4), fa, fb))
     found.sort(key=lambda p: (p.distance, p.nearest_distance))
     return found[:limit]
@@ -125,7 +125,7 @@ def audit_report(face_ids: np.ndarray, person_ids: np.ndarray, emb: np.ndarray,
                       "nearest_distance": o.nearest_distance} for o in found.outliers],
         # likely_same: alike enough on average to be clustered as one person (else look-alikes).
         "duplicates": [{"people": [who(d.person_a), who(d.person_b)], "distance": d.distance,
-                        "likely_same": d.distance < cut,
+                        "likely_same": bool(d.distance < cut),
                         "nearest_distance": d.nearest_distance, "face_ids": [d.face_a, d.face_b]}
                        for d in found.duplicates],
         "single_face": [{"person": who(p), "face_id": f} for p, f in found.single_face],

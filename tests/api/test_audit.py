@@ -92,3 +92,22 @@ def test_cluster_a_folder_and_name_a_cluster_from_the_cli(cli, server, lfw: Path
     assert [(p["name"], p["faces"]) for p in people_now] == [("Someone", first["size"])]
     second = json.loads(cli("clusters", "list", "--domain", "unk-cli", "--json").stdout)["clusters"][0]
     assert "discarded" in cli("clusters", "discard", str(second["id"]), "--domain", "unk-cli").stdout
+
+
+def test_one_click_fixes_move_a_face_and_merge_two_people(server, audited: dict) -> None:
+    """Last in the module: it fixes what the fixture planted."""
+    people = audited["people"]
+    ids = {p["name"]: p["id"] for p in server.admin.get("/v1/domains/aud/people").json()["people"]}
+    r = server.admin.post(f"/v1/domains/aud/faces/{audited['planted']}/move",
+                          json={"person_id": ids[people[6]]})
+    assert r.status_code == 200 and r.json()["person"]["faces"] == 2, r.text
+    assert_error(server.admin.post(f"/v1/domains/aud/faces/{audited['planted']}/move",
+                                   json={"person_id": 10**9}), 404, "not_found")
+    r = server.admin.post(f"/v1/domains/aud/people/{ids[people[5]]}/merge",
+                          json={"person_id": ids[people[5] + " (2)"]})
+    assert r.status_code == 200 and r.json()["moved"] == 2 and r.json()["person"]["faces"] == 4, r.text
+    report = server.admin.get("/v1/domains/aud/audit").json()
+    # The planted face is people[6]'s now (a stranger to them too, so still an outlier there).
+    assert {o["person"]["name"] for o in report["outliers"] if o["face_id"] == audited["planted"]} \
+        <= {people[6]}
+    assert people[5] + " (2)" not in {p["name"] for d in report["duplicates"] for p in d["people"]}

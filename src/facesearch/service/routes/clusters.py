@@ -21,7 +21,7 @@ from ...audit import audit_report
 from ...config import Settings
 from ...errors import BadRequest
 from ...models.base import Face
-from ...store import unknown
+from ...store import curate, unknown
 from ...store.gallery import Domain, Gallery, Match
 from ..schemas import ErrorBody
 from ..state import AdminDep, DomainDep, ServiceDep
@@ -38,6 +38,10 @@ class DomainUpdate(BaseModel):
 class NameCluster(BaseModel):
     name: str | None = Field(None, description="A person's name: created if new.")
     person_id: int | None = Field(None, description="An existing person of the domain.")
+
+
+class MovePerson(BaseModel):
+    person_id: int = Field(description="The person of the domain it goes to.")
 
 
 class MergeClusters(BaseModel):
@@ -166,3 +170,20 @@ async def audit(dom: DomainDep, svc: ServiceDep,
         face_ids, person_ids, emb, people = await unknown.gallery_embeddings(gallery, dom)
     return await asyncio.to_thread(audit_report, face_ids, person_ids, emb, people, dom.model,
                                    svc.settings.recognize_threshold(dom.model), limit)
+
+
+@router.post("/faces/{face_id}/move")
+async def move_face(face_id: int, body: MovePerson, dom: DomainDep, svc: ServiceDep) -> dict:
+    """Move an enrolled face to another person (the audit's "likely mislabeled")."""
+    async with svc.gallery() as gallery:
+        pid = await curate.move_face(gallery, dom, face_id, body.person_id)
+        return {"face_id": face_id, "person": asdict(await gallery.get_person(dom, pid))}
+
+
+@router.post("/people/{person_id}/merge")
+async def merge_people(person_id: int, body: MovePerson, dom: DomainDep, svc: ServiceDep) -> dict:
+    """Merge person ``person_id`` (the body's) into this one: their faces move here and they are
+    deleted (the audit's "likely the same person")."""
+    async with svc.gallery() as gallery:
+        moved = await curate.merge_people(gallery, dom, person_id, body.person_id)
+        return {"moved": moved, "person": asdict(await gallery.get_person(dom, person_id))}
