@@ -5,7 +5,8 @@ Why average linkage (docs/BENCHMARKS.md, "Clustering unknown faces"): on LFW wit
 the best pairwise F of the rules measured (single linkage chains look-alikes together; Immich's
 DBSCAN-like rule leaves most people with few photos unclustered). Its distance between a face and
 a cluster of unit vectors is ``1 - x . mean(cluster)``, so the incremental rule (a new face joins
-the nearest cluster if under the cut) is the same rule as the full run, one step at a time.
+the nearest cluster if under the cut; store/unknown.py computes it in SQL from each cluster's sum)
+is the same rule as the full run, one step at a time.
 
 The full run is the nearest-neighbour chain algorithm on the dense distance matrix: O(n^2) memory
 (n = 5,000 faces: 100 MB) and time; average linkage never merges below a cluster's current nearest
@@ -97,17 +98,6 @@ def _relabel(roots: np.ndarray) -> np.ndarray:
     rank = np.empty(len(uniq), dtype=np.int64)
     rank[order] = np.arange(len(uniq))
     return rank[inverse]
-
-
-def nearest_cluster(embedding: np.ndarray, sums: np.ndarray, counts: np.ndarray
-                    ) -> tuple[int, float]:
-    """The cluster a new face is nearest to by average linkage, and that distance (inf if none):
-    ``sums`` (k, d) are the clusters' summed embeddings, ``counts`` (k,) their sizes."""
-    if len(counts) == 0:
-        return -1, float("inf")
-    dist = 1.0 - (sums @ np.asarray(embedding, dtype=np.float32)) / counts
-    i = int(np.argmin(dist))
-    return i, float(dist[i])
 
 
 def cohesion(embeddings: np.ndarray) -> float | None:

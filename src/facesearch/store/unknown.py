@@ -16,10 +16,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from psycopg import sql
 
 from .. import clustering, names
 from ..errors import BadRequest, FacesearchError, NotFound
 from .gallery import Domain, Gallery, NewFace
+
+_LOCK = 0x756E6B6E  # advisory lock (with the domain id): one writer of a domain's clusters at a time
 
 
 class NotInPkl(FacesearchError):
@@ -110,40 +113,29 @@ async def add_unknown(gallery: Any, domain: Domain, faces: Sequence[UnknownFace]
         return []
     model_id, dim = await g.model(domain.model)
     cut = clustering.cut_for(domain.model)
+    ids = []
     async with g.conn.transaction():
         # One writer per domain at a time: the clusters read below are the ones written to.
-        await g.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x756E6B6E, domain.id))
-        _, cluster_ids, emb = await _embeddings(g, domain, model_id, dim)
-        labels, inverse = np.unique(cluster_ids, return_inverse=True)
-        sums = np.zeros((len(labels), dim), np.float32)
-        np.add.at(sums, inverse, emb)
-        counts = np.bincount(inverse, minlength=len(labels)).astype(np.float32)
-        assigned: list[int | None] = []
+        await g.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK, domain.id))
         for f in faces:
-            i, d = clustering.nearest_cluster(f.embedding, sums, counts)
-            if d < cut:
-                assigned.append(int(labels[i]))
-                sums[i] += f.embedding
-                counts[i] += 1
-            else:  # its own cluster, which later faces of this batch may join
-                assigned.append(None)
-                labels = np.append(labels, -len(assigned))
-                sums = np.vstack([sums, f.embedding[None, :]])
-                counts = np.append(counts, 1.0)
-        fresh = sorted({-int(x) for x in labels if x < 0})
-        last_face, last_cluster = await _next_ids(g, domain, len(faces), len(fresh))
-        new_cluster = {-k: last_cluster + 1 + n for n, k in enumerate(fresh)}
-        ids = list(range(last_face + 1, last_face + 1 + len(faces)))
-        resolved = [new_cluster[-(j + 1)] if a is None else a for j, a in enumerate(assigned)]
-        # A face that joined a cluster this batch started: it holds that negative label.
-        resolved = [new_cluster.get(int(c), int(c)) for c in resolved]
-        async with g.conn.cursor() as cur:
-            await cur.executemany(
+            q = np.asarray(f.embedding, np.float32)
+            if q.shape != (dim,) or not np.all(np.isfinite(q)):
+                raise ValueError(f"embedding must be {dim} finite numbers for model {domain.model!r}")
+            # Average linkage to each cluster, 1 - q . mean, in the server: sum(v) <#> q is -(S . q).
+            row = await g._one(sql.SQL(
+                "SELECT cluster_id, 1 + (sum(embedding::vector({dim})) <#> %(q)s) / count(*) AS d"
+                " FROM unassigned_faces WHERE domain_id = %(d)s AND model_id = %(m)s"
+                " GROUP BY cluster_id ORDER BY d LIMIT 1").format(dim=sql.Literal(dim)),
+                {"q": q, "d": domain.id, "m": model_id})
+            joins = row is not None and row[1] < cut
+            last_face, last_cluster = await _next_ids(g, domain, 1, 0 if joins else 1)
+            await g.conn.execute(
                 "INSERT INTO unassigned_faces (domain_id, id, cluster_id, model_id, embedding, box_x,"
                 " box_y, box_w, box_h, det_score, photo_sha256, thumbnail)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [(domain.id, fid, cid, model_id, np.asarray(f.embedding, np.float32), *f.box, f.score,
-                  f.photo_sha256, f.thumbnail) for fid, cid, f in zip(ids, resolved, faces, strict=True)])
+                (domain.id, last_face + 1, row[0] if joins else last_cluster + 1, model_id, q, *f.box,
+                 f.score, f.photo_sha256, f.thumbnail))
+            ids.append(last_face + 1)
         await prune(g, domain, max_faces=max_faces, max_days=max_days)
     return ids
 
@@ -209,7 +201,7 @@ async def recluster(gallery: Any, domain: Domain) -> int:
     g = require_postgres(gallery)
     model_id, dim = await g.model(domain.model)
     async with g.conn.transaction():
-        await g.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x756E6B6E, domain.id))
+        await g.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK, domain.id))
         ids, _, emb = await _embeddings(g, domain, model_id, dim)
         if not len(ids):
             return 0
