@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--split", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--first", type=int, default=None, help="only the first N LFW people (quick runs)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "audit.json")
     args = ap.parse_args(argv)
     root = faces_dir()
-    everyone = people_photos(root)
+    everyone = people_photos(root, args.first)
     paths = [p for ps in everyone.values() for p in ps]
     try:
         table = faces_for(args.model, root, paths, args.workers)

@@ -94,10 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compare-at", type=int, default=3000,
                     help="the size at which single linkage and DBSCAN-like are also measured")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--first", type=int, default=None, help="only the first N LFW people (quick runs)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cluster.json")
     args = ap.parse_args(argv)
     root = faces_dir()
-    paths = [p for ps in people_photos(root).values() for p in ps]
+    paths = [p for ps in people_photos(root, args.first).values() for p in ps]
     try:
         table = faces_for(args.model, root, paths, args.workers)
     finally:

@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,5000")
     ap.add_argument("--home", type=Path, default=None)
+    ap.add_argument("--first", type=int, default=None, help="only the first N LFW people (quick runs)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "unknown.json")
     args = ap.parse_args(argv)
     root = faces_dir()
-    paths = [p for ps in people_photos(root).values() for p in ps]
+    paths = [p for ps in people_photos(root, args.first).values() for p in ps]
     try:
         table = faces_for(SFACE_MODEL, root, paths, None)
     finally:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "recluster_seconds": round(recluster, 2), "clusters": k}
             report["sizes"].append(entry)
             print(json.dumps(entry), flush=True)
-    out = REPO / "bench" / "results" / "unknown.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     return report
