@@ -36,6 +36,7 @@ def unknown_domain(server, lfw: Path) -> dict:
             assert r.status_code == 200, r.text
             face = r.json()["faces"][0]
             assert face["matches"] == [] and isinstance(face["unassigned_face_id"], int), face
+            assert r.json()["timings_ms"]["keep_unknown"] > 0
             whose[face["unassigned_face_id"]] = person
     return {"client": client, "other": server.client(keys["unk-b"]), "people": people,
             "whose": whose}
@@ -87,6 +88,7 @@ def test_clusters_belong_to_their_domain(server, unknown_domain: dict) -> None:
     assert_error(other.get(f"/v1/domains/unk-b/unassigned/{face}/thumbnail"), 404, "not_found")
     r = unknown_domain["client"].get(f"/v1/domains/unk-a/unassigned/{face}/thumbnail")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert cluster["faces"][0]["thumbnail"] == f"/v1/domains/unk-a/unassigned/{face}/thumbnail"
 
 
 def test_naming_a_cluster_makes_recognize_name_them(server, unknown_domain: dict, lfw: Path) -> None:
@@ -136,6 +138,7 @@ def test_a_domain_without_keep_unknown_keeps_nothing(server, lfw: Path, db_url: 
     r = server.admin.post("/v1/domains/unk-off/recognize", files={"photo": jpeg(photos_of(lfw, person)[0])})
     assert r.status_code == 200
     assert r.json()["faces"] and all(f["unassigned_face_id"] is None for f in r.json()["faces"])
+    assert "keep_unknown" not in r.json()["timings_ms"]
     body = server.admin.get("/v1/domains/unk-off/clusters").json()
     assert body["unassigned_faces"] == 0 and body["keep_unknown"] is False
     with psycopg.connect(db_url, autocommit=True) as conn:

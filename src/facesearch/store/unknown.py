@@ -178,10 +178,14 @@ async def list_clusters(gallery: Any, domain: Domain, *, min_faces: int = 2, lim
 
 
 async def get_cluster(gallery: Any, domain: Domain, cluster_id: int) -> Cluster:
+    """One cluster of the domain, with its faces of the domain's model (a domain moved to
+    another model keeps its older unassigned faces unclustered until discarded)."""
     g = require_postgres(gallery)
+    model_id, _ = await g.model(domain.model)
     async with g.conn.cursor(binary=True) as cur:
         await cur.execute(f"SELECT {_FACE}, embedding FROM unassigned_faces WHERE domain_id = %s"
-                          " AND cluster_id = %s ORDER BY id", (domain.id, cluster_id))
+                          " AND cluster_id = %s AND model_id = %s ORDER BY id",
+                          (domain.id, cluster_id, model_id))
         rows = await cur.fetchall()
     if not rows:
         raise NotFound(f"no cluster {cluster_id} in domain {domain.name!r}")

@@ -62,15 +62,16 @@ async def keep_unknown_faces(gallery: Gallery, settings: Settings, dom: Domain, 
     return dict(zip(unmatched, ids, strict=True))
 
 
-def _face_out(f: unknown.UnassignedFace) -> dict:
+def _face_out(dom: Domain, f: unknown.UnassignedFace) -> dict:
+    thumb = f"/v1/domains/{dom.name}/unassigned/{f.id}/thumbnail" if f.has_thumbnail else None
     return {"id": f.id, "box": dict(zip("xywh", f.box, strict=True)), "score": f.score,
-            "created_at": f.created_at, "has_thumbnail": f.has_thumbnail}
+            "created_at": f.created_at, "has_thumbnail": f.has_thumbnail, "thumbnail": thumb}
 
 
-def _cluster_out(c: unknown.Cluster) -> dict:
+def _cluster_out(dom: Domain, c: unknown.Cluster) -> dict:
     return {"id": c.id, "size": len(c.faces),
             "cohesion": None if c.cohesion is None else round(c.cohesion, 4),
-            "faces": [_face_out(f) for f in c.faces]}
+            "faces": [_face_out(dom, f) for f in c.faces]}
 
 
 @router.patch("", response_model=None)
@@ -91,7 +92,7 @@ async def list_clusters(dom: DomainDep, svc: ServiceDep,
     async with svc.gallery() as gallery:
         clusters = await unknown.list_clusters(gallery, dom, min_faces=min_faces, limit=limit)
         total = await unknown.count_unassigned(gallery, dom)
-    return {"clusters": [_cluster_out(c) for c in clusters], "unassigned_faces": total,
+    return {"clusters": [_cluster_out(dom, c) for c in clusters], "unassigned_faces": total,
             "cut": clustering.cut_for(dom.model), "keep_unknown": dom.keep_unknown}
 
 
@@ -105,7 +106,7 @@ async def recluster(dom: DomainDep, svc: ServiceDep) -> dict:
 @router.get("/clusters/{cluster_id}")
 async def get_cluster(cluster_id: int, dom: DomainDep, svc: ServiceDep) -> dict:
     async with svc.gallery() as gallery:
-        return _cluster_out(await unknown.get_cluster(gallery, dom, cluster_id))
+        return _cluster_out(dom, await unknown.get_cluster(gallery, dom, cluster_id))
 
 
 @router.post("/clusters/{cluster_id}/person", status_code=201)
@@ -126,7 +127,7 @@ async def name_cluster(cluster_id: int, body: NameCluster, dom: DomainDep, svc: 
 async def merge_clusters(cluster_id: int, body: MergeClusters, dom: DomainDep, svc: ServiceDep) -> dict:
     """Move the faces of another cluster into this one."""
     async with svc.gallery() as gallery:
-        return _cluster_out(await unknown.merge_clusters(gallery, dom, cluster_id, body.cluster_id))
+        return _cluster_out(dom, await unknown.merge_clusters(gallery, dom, cluster_id, body.cluster_id))
 
 
 @router.delete("/clusters/{cluster_id}/faces/{face_id}")
