@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK = 2048  # faces compared at once in the nearest-other-person pass (BLOCK x n floats)
+BLOCK = 2048  # faces compared at once (BLOCK x faces, BLOCK x people floats): bounded memory
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,16 @@ def audit(face_ids: np.ndarray, person_ids: np.ndarray, embeddings: np.ndarray, 
     with np.errstate(divide="ignore", invalid="ignore"):
         own = np.where(own_n > 1, 1.0 - np.einsum("ij,ij->i", x, sums[inverse] - x)
                        / np.maximum(own_n - 1, 1), -np.inf)
-    # Average linkage of each face to every person (its own person without it).
-    to_people = 1.0 - (x @ sums.T) / counts[None, :].astype(np.float32)
-    to_people[np.arange(n), inverse] = np.inf
-    nearest_p = np.argmin(to_people, axis=1) if len(people) > 1 else np.zeros(n, np.int64)
-    nearest_d = to_people[np.arange(n), nearest_p] if len(people) > 1 else np.full(n, np.inf)
+    # The other person each face is nearest to by average linkage (in blocks: faces x people).
+    nearest_p = np.zeros(n, np.int64)
+    nearest_d = np.full(n, np.inf, np.float32)
+    if len(people) > 1:
+        for start in range(0, n, BLOCK):
+            block = 1.0 - (x[start:start + BLOCK] @ sums.T) / counts[None, :].astype(np.float32)
+            rows = np.arange(block.shape[0])
+            block[rows, inverse[start:start + BLOCK]] = np.inf  # not their own person
+            nearest_p[start:start + BLOCK] = np.argmin(block, axis=1)
+            nearest_d[start:start + BLOCK] = block[rows, nearest_p[start:start + BLOCK]]
 
     flagged = np.flatnonzero(own > outlier_cut)
     # Worst first; between equal scores (a person of two faces), the one nearer someone else.
@@ -88,7 +93,6 @@ def _duplicates(face_ids: np.ndarray, inverse: np.ndarray, people: np.ndarray, c
     closest: dict[tuple[int, int], tuple[float, int, int]] = {}
     for start in range(0, len(x), BLOCK):
         d = 1.0 - x[start:start + BLOCK] @ x.T
-        rows = np.arange(d.shape[0])
         d[inverse[start:start + BLOCK, None] == inverse[None, :]] = np.inf  # same person
         for i, j in zip(*np.nonzero(d < threshold), strict=True):
             a, b = inverse[start + i], inverse[j]
@@ -96,7 +100,6 @@ def _duplicates(face_ids: np.ndarray, inverse: np.ndarray, people: np.ndarray, c
             if key not in closest or d[i, j] < closest[key][0]:
                 fa, fb = (start + i, j) if a < b else (j, start + i)
                 closest[key] = (float(d[i, j]), int(face_ids[fa]), int(face_ids[fb]))
-        del rows
     found = []
     for (a, b), (near, fa, fb) in closest.items():
         avg = 1.0 - float(sums[a] @ sums[b]) / float(counts[a] * counts[b])
