@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -23,7 +24,7 @@ from ...errors import BadRequest
 from ...models.base import Face
 from ...store import curate, unknown
 from ...store.gallery import Domain, Gallery, Match
-from ..schemas import ErrorBody
+from ..schemas import Box, DomainOut, ErrorBody, PersonOut
 from ..state import AdminDep, DomainDep, ServiceDep
 
 router = APIRouter(prefix="/v1/domains/{domain}", tags=["unknown faces"])
@@ -38,6 +39,76 @@ class DomainUpdate(BaseModel):
 class NameCluster(BaseModel):
     name: str | None = Field(None, description="A person's name: created if new.")
     person_id: int | None = Field(None, description="An existing person of the domain.")
+
+
+class UnassignedFaceOut(BaseModel):
+    id: int = Field(description="Numbered per domain.")
+    box: Box
+    score: float | None
+    created_at: datetime
+    has_thumbnail: bool
+    thumbnail: str | None = Field(description="Its JPEG crop's path (GET, with the key), or null.")
+
+
+class ClusterOut(BaseModel):
+    id: int = Field(description="Numbered per domain; a full re-cluster gives new ids.")
+    size: int
+    cohesion: float | None = Field(description="Mean pairwise cosine distance (lower is tighter); "
+                                   "null for a single face.")
+    faces: list[UnassignedFaceOut]
+
+
+class ClusterList(BaseModel):
+    clusters: list[ClusterOut] = Field(description="Largest first.")
+    unassigned_faces: int
+    cut: float = Field(description="A face joins a cluster under this average distance.")
+    keep_unknown: bool
+
+
+class NamedCluster(BaseModel):
+    person: PersonOut
+    enrolled: int
+    face_ids: list[int | None] = Field(description="New enrolled face ids (null: the person "
+                                       "already had that photo).")
+
+
+class PersonRef(BaseModel):
+    id: int
+    name: str | None
+
+
+class Outlier(BaseModel):
+    face_id: int
+    person: PersonRef
+    distance: float = Field(description="Average distance to the person's other faces.")
+    nearest_person: PersonRef | None = Field(description="The person it is nearer to, if any is "
+                                             "under the cut.")
+    nearest_distance: float | None
+
+
+class DuplicatePair(BaseModel):
+    people: list[PersonRef]
+    distance: float = Field(description="Average distance between their faces.")
+    likely_same: bool = Field(description="Under the clustering cut on average: likely one person "
+                              "(else look-alikes).")
+    nearest_distance: float
+    face_ids: list[int] = Field(description="Their two closest faces.")
+
+
+class SingleFace(BaseModel):
+    person: PersonRef
+    face_id: int
+
+
+class AuditOut(BaseModel):
+    model: str
+    faces: int
+    people: int
+    outlier_cut: float
+    duplicate_threshold: float
+    outliers: list[Outlier] = Field(description="Likely mislabeled faces, worst first.")
+    duplicates: list[DuplicatePair] = Field(description="Likely the same person, most alike first.")
+    single_face: list[SingleFace]
 
 
 class MovePerson(BaseModel):
@@ -74,7 +145,7 @@ def _cluster_out(dom: Domain, c: unknown.Cluster) -> dict:
             "faces": [_face_out(dom, f) for f in c.faces]}
 
 
-@router.patch("", response_model=None)
+@router.patch("", response_model=DomainOut)
 async def update_domain(body: DomainUpdate, dom: DomainDep, _: AdminDep, svc: ServiceDep) -> dict:
     """Change a domain's settings (the admin key): ``keep_unknown``."""
     async with svc.gallery() as gallery:
@@ -82,7 +153,7 @@ async def update_domain(body: DomainUpdate, dom: DomainDep, _: AdminDep, svc: Se
         return asdict(await gallery.domain_info(dom.name))
 
 
-@router.get("/clusters")
+@router.get("/clusters", response_model=ClusterList)
 async def list_clusters(dom: DomainDep, svc: ServiceDep,
                         min_faces: Annotated[int, Query(ge=1, le=1000, description=(
                             "Smallest cluster listed (1 lists lone faces too)."))] = 2,
@@ -103,13 +174,13 @@ async def recluster(dom: DomainDep, svc: ServiceDep) -> dict:
         return {"clusters": await unknown.recluster(gallery, dom)}
 
 
-@router.get("/clusters/{cluster_id}")
+@router.get("/clusters/{cluster_id}", response_model=ClusterOut)
 async def get_cluster(cluster_id: int, dom: DomainDep, svc: ServiceDep) -> dict:
     async with svc.gallery() as gallery:
         return _cluster_out(dom, await unknown.get_cluster(gallery, dom, cluster_id))
 
 
-@router.post("/clusters/{cluster_id}/person", status_code=201)
+@router.post("/clusters/{cluster_id}/person", status_code=201, response_model=NamedCluster)
 async def name_cluster(cluster_id: int, body: NameCluster, dom: DomainDep, svc: ServiceDep) -> dict:
     """Name a cluster: its faces become enrolled faces of a new (``name``) or existing
     (``person_id``) person, and recognize finds them from now on."""
@@ -123,7 +194,7 @@ async def name_cluster(cluster_id: int, body: NameCluster, dom: DomainDep, svc: 
                 "enrolled": sum(i is not None for i in ids), "face_ids": ids}
 
 
-@router.post("/clusters/{cluster_id}/merge")
+@router.post("/clusters/{cluster_id}/merge", response_model=ClusterOut)
 async def merge_clusters(cluster_id: int, body: MergeClusters, dom: DomainDep, svc: ServiceDep) -> dict:
     """Move the faces of another cluster into this one."""
     async with svc.gallery() as gallery:
@@ -160,7 +231,7 @@ async def delete_unassigned(face_id: int, dom: DomainDep, svc: ServiceDep) -> No
         await unknown.delete_unassigned(gallery, dom, face_id)
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=AuditOut)
 async def audit(dom: DomainDep, svc: ServiceDep,
                 limit: Annotated[int, Query(ge=1, le=1000, description="Findings of each kind.")] = 50,
                 ) -> dict:
