@@ -91,6 +91,10 @@ class Settings:
     # Where galleries live: "pgvector" (PostgreSQL) or "pkl" (DeepFace PKL files under home/pkl, no
     # database at all; see store/pkl.py).
     store: str = "pgvector"
+    # Retention of unknown faces (domains with keep_unknown): at most this many per domain, none
+    # older than this many days; the oldest go first. 5,000 keeps a full re-cluster near 100 MB.
+    unknown_max_faces: int = 5000
+    unknown_max_days: float = 90.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -112,6 +116,8 @@ class Settings:
             admin_key=os.environ.get("FACESEARCH_ADMIN_KEY") or None,
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
             store=(os.environ.get("FACESEARCH_STORE") or "pgvector").strip().lower(),
+            unknown_max_faces=int(_env_number("FACESEARCH_UNKNOWN_MAX_FACES", 5000)),
+            unknown_max_days=float(_env_number("FACESEARCH_UNKNOWN_MAX_DAYS", 90.0, float)),
         )
         if settings.min_face < 20:
             raise SystemExit("error: FACESEARCH_MIN_FACE must be at least 20 (pixels)")

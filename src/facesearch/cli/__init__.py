@@ -145,7 +145,7 @@ def main() -> None:
 
 
 # The commands register themselves on ``cli``.
-from . import deepface, domains, people, photos, service  # noqa: E402
+from . import clusters, deepface, domains, people, photos, service  # noqa: E402
 
-__all__ = ["Context", "cli", "collect_folder", "deepface", "domains", "emit", "main", "people",
-           "photos", "service"]
+__all__ = ["Context", "cli", "clusters", "collect_folder", "deepface", "domains", "emit", "main",
+           "people", "photos", "service"]

@@ -29,7 +29,7 @@ from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
 from .auth import admin_key_digest
 from .observability import Metrics, RequestLog
-from .routes import domains, health, people, photos
+from .routes import clusters, domains, health, people, photos
 from .state import Service
 from .uploads import BodyLimit
 from .web import add_web_page
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="facesearch", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
     _add_error_handlers(app)
-    for module in (domains, people, photos, health):
+    for module in (domains, people, photos, clusters, health):
         app.include_router(module.router)
     add_web_page(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload)

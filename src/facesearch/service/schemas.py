@@ -26,6 +26,9 @@ class DomainCreate(BaseModel):
         "The model its faces are embedded and searched with; default: the server's "
         "FACESEARCH_MODEL. Photos are not kept, so changing it later means enrolling them again "
         "(facesearch domains set-model)."))
+    keep_unknown: bool = Field(False, description=(
+        "Keep faces recognize matches to nobody, to cluster and name later: biometric data of "
+        "people never enrolled (README, 'Unknown faces')."))
 
 
 class DomainOut(BaseModel):
@@ -34,6 +37,7 @@ class DomainOut(BaseModel):
     people: int
     faces: int
     created_at: datetime
+    keep_unknown: bool = False
 
 
 class DomainList(BaseModel):
@@ -142,6 +146,8 @@ class MatchOut(BaseModel):
 
 class RecognizedFace(DetectedFace):
     matches: list[MatchOut] = Field(description="Best first; empty when nobody is under the threshold.")
+    unassigned_face_id: int | None = Field(None, description=(
+        "Matched nobody and kept (the domain's keep_unknown): its id among the unassigned faces."))
 
 
 class ImageSize(BaseModel):

@@ -59,6 +59,7 @@ class Domain:
     id: int
     name: str
     model: str  # what its enrollments embed with and its searches compare under
+    keep_unknown: bool = False  # keeps the faces recognize matched to nobody (store/unknown.py)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class DomainInfo:
     faces: int
     created_at: datetime
     model: str
+    keep_unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,8 @@ _PERSON = ("p.id, p.name, (SELECT count(*) FROM faces f WHERE f.domain_id = %(do
 _PEOPLE_WHERE = ("p.domain_id = %(domain)s"
                  " AND (%(search)s::text IS NULL OR p.name ILIKE '%%' || %(search)s || '%%')")
 _DOMAIN_INFO = ("SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id = d.id),"
-                " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model"
-                " FROM domains d")
+                " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model,"
+                " d.keep_unknown FROM domains d")
 _KEY = "id, name, prefix, created_at, last_used_at"
 # add_faces' binary COPY columns, in order.
 _NEW_FACE_TYPES = ["integer", "bigint", "bigint", "smallint", "vector", "integer", "integer", "integer",
@@ -245,7 +247,7 @@ class Gallery:
     # -- domains ---------------------------------------------------------------------------------
 
     async def get_domain(self, name: str) -> Domain:
-        row = await self._one("SELECT id, name, model FROM domains WHERE name = %s",
+        row = await self._one("SELECT id, name, model, keep_unknown FROM domains WHERE name = %s",
                               (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
@@ -272,7 +274,8 @@ class Gallery:
         """Switch a domain to another model: from now on it enrolls and searches with ``model``.
         Its faces of other models stay (unsearched) until :meth:`delete_model_faces`."""
         model_dim(model)
-        row = await self._one("UPDATE domains SET model = %s WHERE name = %s RETURNING id, name, model",
+        row = await self._one("UPDATE domains SET model = %s WHERE name = %s"
+                              " RETURNING id, name, model, keep_unknown",
                               (model, names.domain_name(name)))
         if row is None:
             raise NotFound(f"unknown domain {name!r}")

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from fastapi import APIRouter
 
 from ...config import usable_model
+from ...store import unknown
 from ..schemas import DomainCreate, DomainList, DomainOut, KeyCreate, KeyCreated, KeyList, KeyOut
 from ..state import AdminDep, DomainDep, ServiceDep
 
@@ -20,7 +21,11 @@ async def create_domain(body: DomainCreate, _: AdminDep,
     load here (DeepFace's without their weights), is refused (422) with the list of models."""
     model = usable_model(svc.settings.model if body.model is None else body.model)
     async with svc.gallery() as gallery:
+        if body.keep_unknown:
+            unknown.require_postgres(gallery)  # before anything is created
         dom = await gallery.create_domain(body.name, model=model)
+        if body.keep_unknown:
+            await unknown.set_keep_unknown(gallery, dom.name, True)
         return asdict(await gallery.domain_info(dom.name))
 
 

@@ -192,6 +192,8 @@ async function route() {
     const person = hash.match(/^#\/people\/(\d+)$/);
     if (person) await renderPerson(Number(person[1]), token);
     else if (hash.startsWith('#/people')) await renderPeople(token, true);
+    else if (hash === '#/unknown') await renderUnknown(token);
+    else if (hash === '#/audit') await renderAudit(token);
     else show('recognize');
   } catch (err) {
     handleError(err);
@@ -661,6 +663,125 @@ async function enroll(files) {
   });
   await Promise.all(workers);
   if (id === personId) await refreshPerson().catch(handleError);
+}
+
+// -- unknown faces and the audit ---------------------------------------------------------------
+
+/** An unassigned face's thumbnail (they have their own route; fetched each time the view shows). */
+function unassignedThumb(faceId) {
+  const box = h('span', { class: 'thumb' }, h('span', { class: 'initials' }, '?'));
+  request(domainPath(`/unassigned/${faceId}/thumbnail`))
+    .then((r) => r.blob())
+    .then((blob) => {
+      const url = URL.createObjectURL(blob);
+      const img = h('img', { src: url, alt: `Unknown face ${faceId}`, width: 112, height: 112 });
+      img.addEventListener('load', () => URL.revokeObjectURL(url));
+      box.replaceChildren(img);
+    })
+    .catch(() => {});
+  return box;
+}
+
+/** Run an action, show what it did, and draw the view again. */
+async function act(what, redraw) {
+  clearMessage();
+  try {
+    const done = await what();
+    if (done) showMessage(done, 'info');
+    await redraw(state.route);
+  } catch (err) {
+    handleError(err);
+  }
+}
+
+async function renderUnknown(token) {
+  const body = await api(domainPath('/clusters'));
+  if (!current(token)) return;
+  const redraw = renderUnknown;
+  $('#unknown-status').textContent = body.keep_unknown
+    ? `${plural(body.unassigned_faces, 'unassigned face')}, ${plural(body.clusters.length, 'cluster')} of 2 or more.`
+    : 'This domain does not keep unknown faces (its keep_unknown is off): there is nothing to show.';
+  $('#unknown-recluster').onclick = () => act(async () => {
+    const r = await api(domainPath('/clusters/recluster'), { method: 'POST' });
+    return `Clustered again: ${plural(r.clusters, 'cluster')}.`;
+  }, redraw);
+  const others = (id) => body.clusters.filter((c) => c.id !== id);
+  $('#unknown-clusters').replaceChildren(...body.clusters.map((c) => {
+    const nameInput = h('input', { required: true, maxlength: 200, 'aria-label': `Name of cluster ${c.id}`,
+      placeholder: 'Who is this?' });
+    const mergeSelect = h('select', { 'aria-label': `Merge cluster ${c.id} with` },
+      ...others(c.id).map((o) => h('option', { value: o.id }, `cluster ${o.id} (${o.size})`)));
+    const path = `/clusters/${c.id}`;
+    return h('li', { class: 'cluster', 'data-cluster': c.id },
+      h('p', {}, h('strong', {}, `Cluster ${c.id}`),
+        h('span', { class: 'muted' }, ` ${plural(c.size, 'face')}, cohesion ${c.cohesion?.toFixed(3) ?? '–'}`)),
+      h('ul', { class: 'cluster-faces' }, ...c.faces.map((f) => h('li', {}, unassignedThumb(f.id),
+        h('button', { type: 'button', class: 'remove', 'aria-label': `Take face ${f.id} out of cluster ${c.id}`,
+          onclick: () => act(async () => {
+            await api(domainPath(`${path}/faces/${f.id}`), { method: 'DELETE' });
+            return `Face ${f.id} taken out of cluster ${c.id}.`;
+          }, redraw) }, '×')))),
+      h('form', { class: 'inline-form', onsubmit: (event) => {
+        event.preventDefault();
+        act(async () => {
+          const r = await api(domainPath(`${path}/person`), { method: 'POST', json: { name: nameInput.value.trim() } });
+          return `Cluster ${c.id} is ${r.person.name}: ${plural(r.enrolled, 'face')} enrolled.`;
+        }, redraw);
+      } }, nameInput, h('button', { type: 'submit' }, 'Name')),
+      others(c.id).length ? h('div', { class: 'inline-form' }, mergeSelect,
+        h('button', { type: 'button', onclick: () => act(async () => {
+          await api(domainPath(`${path}/merge`), { method: 'POST', json: { cluster_id: Number(mergeSelect.value) } });
+          return `Cluster ${mergeSelect.value} merged into cluster ${c.id}.`;
+        }, redraw) }, 'Merge into this')) : null,
+      h('button', { type: 'button', class: 'danger', onclick: async () => {
+        if (!(await confirmDialog(`Discard cluster ${c.id} and delete its ${plural(c.size, 'face')}?`))) return;
+        act(async () => {
+          const r = await api(domainPath(path), { method: 'DELETE' });
+          return `Discarded cluster ${c.id}: ${plural(r.discarded, 'face')} deleted.`;
+        }, redraw);
+      } }, 'Discard…'));
+  }));
+  show('unknown');
+}
+
+async function renderAudit(token) {
+  const report = await api(domainPath('/audit'));
+  if (!current(token)) return;
+  const redraw = renderAudit;
+  $('#audit-status').textContent = `${plural(report.faces, 'face')} of ${plural(report.people, 'person', 'people')}.`;
+  const none = (list, text) => (list.length ? null : h('li', { class: 'muted' }, text));
+  $('#audit-outliers').replaceChildren(none(report.outliers, 'None found.'), ...report.outliers.map((o) =>
+    h('li', { class: 'finding' }, thumbnail(o.face_id, o.person.name, `Face ${o.face_id}`),
+      h('span', {}, `Face ${o.face_id} of ${o.person.name}: ${o.distance.toFixed(3)} from their other faces`),
+      o.nearest_person ? h('button', { type: 'button', onclick: () => act(async () => {
+        await api(domainPath(`/faces/${o.face_id}/move`), { method: 'POST', json: { person_id: o.nearest_person.id } });
+        return `Face ${o.face_id} moved to ${o.nearest_person.name}.`;
+      }, redraw) }, `Move to ${o.nearest_person.name}`) : null,
+      h('button', { type: 'button', class: 'danger', onclick: async () => {
+        if (!(await confirmDialog(`Delete face ${o.face_id} of ${o.person.name}?`))) return;
+        act(async () => {
+          await api(domainPath(`/faces/${o.face_id}`), { method: 'DELETE' });
+          forgetThumbnails(o.face_id);
+          return `Deleted face ${o.face_id}.`;
+        }, redraw);
+      } }, 'Delete face…'))));
+  $('#audit-duplicates').replaceChildren(none(report.duplicates, 'None found.'), ...report.duplicates.map((d) => {
+    const [a, b] = d.people;
+    return h('li', { class: 'finding' }, thumbnail(d.face_ids[0], a.name), thumbnail(d.face_ids[1], b.name),
+      h('span', {}, `${a.name} and ${b.name}: ${d.distance.toFixed(3)} apart on average`
+        + `${d.likely_same ? ' (likely the same person)' : ' (look-alikes?)'}`),
+      h('button', { type: 'button', onclick: async () => {
+        if (!(await confirmDialog(`Merge ${b.name} into ${a.name}? ${b.name} is deleted, their faces kept.`))) return;
+        act(async () => {
+          const r = await api(domainPath(`/people/${a.id}/merge`), { method: 'POST', json: { person_id: b.id } });
+          return `${b.name} merged into ${a.name}: ${plural(r.moved, 'face')} moved.`;
+        }, redraw);
+      } }, `Merge into ${a.name}`));
+  }));
+  $('#audit-single').replaceChildren(none(report.single_face, 'None.'), ...report.single_face.map((s) =>
+    h('li', { class: 'finding' }, thumbnail(s.face_id, s.person.name),
+      h('a', { href: `#/people/${s.person.id}` }, s.person.name), ' has a single face: add photos.')));
+  show('audit');
 }
 
 // -- confirmation dialog (Escape or Cancel: no) ---------------------------------------------------
