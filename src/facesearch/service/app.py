@@ -28,7 +28,9 @@ from ..models import check_model_files
 from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
 from .auth import admin_key_digest
+from .docs import add_api_docs
 from .observability import Metrics, RequestLog
+from .openapi import document_api
 from .routes import domains, health, people, photos
 from .state import Service
 from .uploads import BodyLimit
@@ -91,12 +93,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await db.close()
             log.info("stopped")
 
+    # docs_url/redoc_url None: FastAPI's pages load from a CDN; add_api_docs serves them offline.
     app = FastAPI(title="facesearch", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     _add_error_handlers(app)
     for module in (domains, people, photos, health):
         app.include_router(module.router)
     add_web_page(app)
+    add_api_docs(app)
+    document_api(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload)
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
     return app
