@@ -31,7 +31,7 @@ from .auth import admin_key_digest
 from .docs import add_api_docs
 from .observability import Metrics, RequestLog
 from .openapi import document_api
-from .routes import domains, health, people, photos
+from .routes import domains, health, people, photos, whoami
 from .state import Service
 from .uploads import BodyLimit
 from .web import add_web_page
@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="facesearch", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     _add_error_handlers(app)
-    for module in (domains, people, photos, health):
+    for module in (domains, people, photos, health, whoami):
         app.include_router(module.router)
     add_web_page(app)
     add_api_docs(app)

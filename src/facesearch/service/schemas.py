@@ -34,6 +34,9 @@ class DomainOut(BaseModel):
     people: int
     faces: int
     created_at: datetime
+    threshold: float | None = Field(None, description=(
+        "The recognize threshold by default for the domain's model (a request's ?threshold= "
+        "overrides it)."))
 
 
 class DomainList(BaseModel):
