@@ -137,8 +137,12 @@ def error_response(request: Request, status: int, code: str, message: str,
     error: dict = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
-    return JSONResponse({"error": error}, status_code=status)
+    # A 503 is temporary (database or model workers): clients may retry after a second.
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
+
+RETRY_AFTER = "1"  # seconds
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "upload_too_large", 415: "unsupported_media_type"}
