@@ -5,7 +5,9 @@ blank offline and cannot run under the page's CSP. Here the assets come from the
 wheel (Swagger UI 5 and ReDoc 2, one MIT package that depends only on FastAPI) and are served from
 this origin; the start-up scripts are files of our own (``static/docs-*.js``), so script-src stays
 ``'self'``. ReDoc writes its styles into ``<style>`` elements at run time (styled-components): its
-page allows those by a per-response nonce, never by ``'unsafe-inline'``.
+page allows those by a per-response nonce, never by ``'unsafe-inline'``. (Two small stylesheets its
+bundle inserts as it loads, before it is given the nonce, are refused: perfect-scrollbar's, so its
+menu scrolls natively; and its "by Redocly" logo, an image on a CDN, is never fetched.)
 """
 
 from __future__ import annotations
