@@ -4,7 +4,9 @@ the page's CSP; and the OpenAPI document they read (errors, security schemes, ve
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,6 +150,7 @@ def test_version_agrees(openapi: dict) -> None:
 
     import facesearch
 
-    out = subprocess.run(["facesearch", "--version"], capture_output=True, text=True, check=True)
+    exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == openapi["info"]["version"] == facesearch.__version__
     assert version("facesearch") == facesearch.__version__
