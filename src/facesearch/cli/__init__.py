@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ..models.base import Analysis
     from ..store import BlockingGallery
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic",
+                  ".heif", ".avif"}
 
 
 class Context:

@@ -28,8 +28,10 @@ from ..models import check_model_files
 from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
 from .auth import admin_key_digest
+from .docs import add_api_docs
 from .observability import Metrics, RequestLog
-from .routes import clusters, domains, health, people, photos
+from .openapi import document_api
+from .routes import clusters, domains, health, people, photos, whoami
 from .state import Service
 from .uploads import BodyLimit
 from .web import add_web_page
@@ -91,12 +93,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await db.close()
             log.info("stopped")
 
+    # docs_url/redoc_url None: FastAPI's pages load from a CDN; add_api_docs serves them offline.
     app = FastAPI(title="facesearch", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     _add_error_handlers(app)
-    for module in (domains, people, photos, clusters, health):
+    for module in (domains, people, photos, clusters, health, whoami):
         app.include_router(module.router)
     add_web_page(app)
+    add_api_docs(app)
+    document_api(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload)
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
     return app
@@ -132,8 +137,12 @@ def error_response(request: Request, status: int, code: str, message: str,
     error: dict = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
-    return JSONResponse({"error": error}, status_code=status)
+    # A 503 is temporary (database or model workers): clients may retry after a second.
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
+
+RETRY_AFTER = "1"  # seconds
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "upload_too_large", 415: "unsupported_media_type"}

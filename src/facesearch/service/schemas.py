@@ -38,6 +38,9 @@ class DomainOut(BaseModel):
     faces: int
     created_at: datetime
     keep_unknown: bool = False
+    threshold: float | None = Field(None, description=(
+        "The recognize threshold by default for the domain's model (a request's ?threshold= "
+        "overrides it)."))
 
 
 class DomainList(BaseModel):

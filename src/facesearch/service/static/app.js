@@ -18,6 +18,7 @@ const state = {
   domain: sessionStorage.getItem(DOMAIN),
   admin: false,
   checked: false, // the key has been checked with the server since the page loaded
+  domainInfo: null, // GET /v1/domains/{domain}: its model and default threshold
   people: { q: '', offset: 0 },
   route: 0, // bumped on every navigation: slow answers for a page left meanwhile are dropped
 };
@@ -166,7 +167,7 @@ function show(view) {
   $('#nav').hidden = !signedIn;
   $('#session').hidden = !(state.key && state.checked);
   $('#session-domain').textContent = state.domain ?? '–';
-  $('#change-domain').hidden = !state.domain;
+  $('#change-domain').hidden = !state.domain || !state.admin;
   for (const link of document.querySelectorAll('#nav a')) {
     const current = link.dataset.view === view || (view === 'person' && link.dataset.view === 'people');
     if (current) link.setAttribute('aria-current', 'page');
@@ -194,7 +195,10 @@ async function route() {
     else if (hash.startsWith('#/people')) await renderPeople(token, true);
     else if (hash === '#/unknown') await renderUnknown(token);
     else if (hash === '#/audit') await renderAudit(token);
-    else show('recognize');
+    else {
+      showRecognizeDefaults();
+      show('recognize');
+    }
   } catch (err) {
     handleError(err);
   }
@@ -204,32 +208,32 @@ const current = (token) => token === state.route;
 
 // -- signing in, domains -------------------------------------------------------------------------
 
-/** Is the key the admin key (it may list domains) or a domain key (403 there)? A stored domain
- * is checked too, and the only domain an admin has is chosen for them. */
+/** What is the key (GET /v1/whoami)? A domain key reaches one domain, opened for its holder; the
+ * admin's stored domain is checked, and the only domain an admin has is chosen for them. */
 async function checkKey() {
   show('loading');
-  try {
+  const who = await api('/v1/whoami');
+  state.admin = who.admin;
+  if (!who.admin) setDomain(who.domain);
+  else if (!state.domain) {
     const { domains } = await api('/v1/domains');
-    state.admin = true;
-    if (!state.domain && domains.length === 1) setDomain(domains[0].name);
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 403)) throw err;
-    state.admin = false;
+    if (domains.length === 1) setDomain(domains[0].name);
   }
   state.checked = true;
   if (state.domain) {
     try {
-      await api(domainPath());
+      state.domainInfo = await api(domainPath());
     } catch (err) {
       if (!(err instanceof ApiError) || ![403, 404, 422].includes(err.status)) throw err;
-      setDomain(null); // gone, or not this key's: choose again
+      setDomain(null); // gone: choose again
     }
   }
 }
 
-function setDomain(name) {
+function setDomain(name, info = null) {
   if (name !== state.domain) forgetThumbnails();
   state.domain = name;
+  state.domainInfo = info;
   state.people = { q: '', offset: 0 };
   $('#people-search').value = '';
   if (name) sessionStorage.setItem(DOMAIN, name);
@@ -275,14 +279,11 @@ $('#sign-out').addEventListener('click', () => {
 });
 
 async function renderDomains(token) {
-  $('#domain-admin').hidden = !state.admin;
-  $('#domain-key-form').hidden = state.admin;
-  if (!state.admin) {
-    show('domain');
-    $('#domain-name').value = state.domain ?? '';
-    $('#domain-name').focus();
+  if (!state.admin) { // a domain key has its one domain, opened at sign-in
+    location.replace('#/people');
     return;
   }
+  $('#domain-admin').hidden = false;
   const { domains } = await api('/v1/domains');
   if (!current(token)) return;
   $('#domain-none').hidden = domains.length > 0;
@@ -305,7 +306,7 @@ async function openDomain(name) {
     } finally {
       state.domain = previous;
     }
-    setDomain(info.name);
+    setDomain(info.name, info);
     resetRecognize();
     if (location.hash === '#/people') route();
     else location.hash = '#/people';
@@ -313,11 +314,6 @@ async function openDomain(name) {
     handleError(err);
   }
 }
-
-$('#domain-key-form').addEventListener('submit', (event) => {
-  event.preventDefault();
-  openDomain($('#domain-name').value.trim());
-});
 
 $('#domain-create').addEventListener('submit', async (event) => {
   event.preventDefault();
@@ -379,15 +375,45 @@ function resetRecognize() {
   photoUrl = null;
   $('#recognize-result').hidden = true;
   $('#recognize-status').textContent = '';
+  $('#recognize-notice').hidden = true;
   $('#recognize-boxes').replaceChildren();
   $('#recognize-faces').replaceChildren();
 }
 
 dropZone($('#recognize-drop'), $('#recognize-file'), (files) => recognize(files[0], files.length));
 
+let recognizedFile = null; // recognized again when the threshold or the matches per face change
+
+/** The domain's default threshold, shown where the user may override it. */
+function showRecognizeDefaults() {
+  const info = state.domainInfo;
+  const input = $('#recognize-threshold');
+  input.placeholder = info?.threshold != null ? String(info.threshold) : '';
+  $('#recognize-threshold-hint').textContent = info?.threshold != null
+    ? `Domain default ${info.threshold} (model ${info.model}); lower is stricter.` : '';
+}
+
+/** The recognize request's query: top_k and the threshold where they differ from the defaults (the
+ * server's 5, the domain's threshold). */
+function recognizeQuery() {
+  const query = new URLSearchParams();
+  const topK = $('#recognize-top-k');
+  if (topK.value && topK.value !== topK.defaultValue && topK.checkValidity()) query.set('top_k', topK.value);
+  const threshold = $('#recognize-threshold');
+  if (threshold.value && threshold.checkValidity()) query.set('threshold', threshold.value);
+  return query.toString();
+}
+
+for (const id of ['#recognize-threshold', '#recognize-top-k']) {
+  $(id).addEventListener('change', () => {
+    if (recognizedFile && $(id).checkValidity()) recognize(recognizedFile);
+  });
+}
+
 async function recognize(file, count = 1) {
   clearMessage();
   resetRecognize();
+  recognizedFile = file;
   const run = recognizeRun;
   photoUrl = URL.createObjectURL(file); // the local file itself: nothing to fetch
   $('#recognize-img').src = photoUrl;
@@ -396,7 +422,8 @@ async function recognize(file, count = 1) {
   const form = new FormData();
   form.append('photo', file, file.name);
   try {
-    const result = await api(domainPath('/recognize'), { method: 'POST', body: form });
+    const query = recognizeQuery();
+    const result = await api(domainPath(`/recognize${query ? `?${query}` : ''}`), { method: 'POST', body: form });
     if (run !== recognizeRun) return;
     showRecognized(file, result);
   } catch (err) {
@@ -422,6 +449,10 @@ function showRecognized(file, result) {
   if (result.faces_found) status += `, ${known} recognized`;
   if (result.faces.length < result.faces_found) status += ` (the ${result.faces.length} largest matched)`;
   $('#recognize-status').textContent = `${status}. Model ${result.model}, threshold ${result.threshold}.`;
+  const notice = $('#recognize-notice');
+  notice.hidden = result.faces.length >= result.faces_found;
+  notice.textContent = notice.hidden ? '' : `This photo has ${result.faces_found} faces: only the `
+    + `${result.faces.length} largest were matched (the server's limit, FACESEARCH_MAX_FACES).`;
   const t = result.timings_ms;
   $('#recognize-timings').textContent = Object.entries(t)
     .map(([step, v]) => `${step} ${ms(v)} ms`).join(' · ');
