@@ -248,7 +248,9 @@ def test_domain_counts_metrics_and_logs(flow: dict) -> None:
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     requests = [x for x in lines if x.get("event") == "request"]
     recognized = [x for x in requests if x["route"] == "/v1/domains/{domain}/recognize"]
-    assert all(x.get("domain") for x in recognized)
+    # Every request that got past the key check logs its domain (other tests of the session's
+    # server send some with no or another domain's key).
+    assert all(x.get("domain") for x in recognized if x["status"] not in (401, 403, 429))
     ours = [x for x in recognized if x["domain"] == DOMAIN and x["status"] == 200]
     assert len(ours) >= len(flow["held_out"])
     assert {"status", "ms", "faces", "timings_ms", "id"} <= set(ours[-1])

@@ -304,7 +304,9 @@ def test_errors_read_as_messages(page, enrolled: dict[str, int], people: dict[st
 def test_rename_and_delete_a_face(page, enrolled: dict[str, int], server) -> None:
     first, _ = enrolled
     page.goto(f"{page.url.split('#')[0]}#/people/{enrolled[first]}")
-    page.get_by_label("Name", exact=True).fill(f"{first} (renamed)")
+    name = page.get_by_label("Name", exact=True)
+    expect(name).to_have_value(first)  # the view rendered: a late render would undo the edit
+    name.fill(f"{first} (renamed)")
     page.get_by_role("button", name="Rename").click()
     expect(page.get_by_role("heading", name=f"{first} (renamed)")).to_be_visible()
     face = page.locator("#faces-list .face-card").first
