@@ -42,7 +42,8 @@ def storable_text(value: str, where: str = "") -> str:
 
 
 def _check(value: Any, where: str, depth: int, keys: list[int]) -> None:
-    if depth > METADATA_DEPTH:
+    """Check one value at ``depth`` (objects and arrays count, the top object is 1)."""
+    if isinstance(value, dict | list) and depth > METADATA_DEPTH:
         raise ValueError(f"nested deeper than {METADATA_DEPTH} levels (at {where})")
     if isinstance(value, str):
         storable_text(value, where)
