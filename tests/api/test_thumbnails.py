@@ -45,7 +45,7 @@ def test_enrolled_faces_have_thumbnails(thumbs: dict) -> None:
     r = a.get(thumbnail_path(faces[0]["id"]))
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/jpeg"
-    assert r.headers["cache-control"] == "private"
+    assert r.headers["cache-control"] == "no-store"  # biometric data: no cache keeps it (issue 19)
     assert 1000 < len(r.content) < 8000  # a few KB
     image = Image.open(io.BytesIO(r.content))
     assert image.format == "JPEG" and image.size == (112, 112)

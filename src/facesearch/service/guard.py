@@ -94,6 +94,7 @@ class Guard:
         for route in self.router.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
+                scope.setdefault("route", route)  # the request log's label, for a refused request too
                 extra: Any = getattr(route, "openapi_extra", None) or {}
                 return "requestBody" in extra
         return False
