@@ -83,9 +83,11 @@ def test_domains_people_and_faces(gallery: BlockingGallery, db: psycopg.Connecti
 
     # Deleting a person deletes its faces, checked in SQL.
     assert gallery.delete_person(dom, "Ana Novak") == 2
-    count = db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone()
+    count = db.execute("SELECT count(*) FROM faces WHERE domain_id = %s AND person_id = %s",
+                       (dom.id, pid)).fetchone()
     assert count == (0,)
-    assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM people WHERE domain_id = %s AND id = %s",
+                      (dom.id, pid)).fetchone() == (0,)
     gallery.purge(dom)
 
     face = gallery.list_faces(dom, "person 1")[0]

@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     add_web_page(app)
     app.add_middleware(BodyLimit, limit=settings.max_upload, json_limit=settings.max_json)
-    app.add_middleware(Guard, settings=settings, router=app.router)  # the key, before the body
+    app.add_middleware(Guard, settings=settings)  # the key, before the body
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
     return app
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
-from typing import Any
+from types import SimpleNamespace
 
 import psycopg
 import psycopg_pool
@@ -24,9 +25,9 @@ from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.responses import JSONResponse
-from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import names
 from ..config import Settings
 from ..errors import FacesearchError, StoreError, Unauthorized
 from .auth import Caller, digest, is_admin, presented_key
@@ -83,21 +84,28 @@ class Guard:
     routes get FACESEARCH_MAX_JSON_KB, photo uploads FACESEARCH_MAX_UPLOAD_MB; see
     uploads.BodyLimit) and the security headers."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, router: Router) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.router = router
         self.limits = Limits(settings)
-        self._uploads: dict[int, bool] = {}
+        self._routes: list[tuple[re.Pattern[str], SimpleNamespace, bool]] | None = None
 
-    def _is_upload(self, scope: Scope) -> bool:
-        """Whether the route the request goes to takes photos (its OpenAPI body is multipart)."""
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                scope.setdefault("route", route)  # the request log's label, for a refused request too
-                extra: Any = getattr(route, "openapi_extra", None) or {}
-                return "requestBody" in extra
-        return False
+    def _route(self, scope: Scope) -> tuple[SimpleNamespace, dict[str, str], bool] | None:
+        """The route template a request goes to, its path parameters, and whether it takes
+        photos (a multipart body in the OpenAPI document, which every photo route declares)."""
+        if self._routes is None:
+            self._routes = []
+            for template, operations in scope["app"].openapi()["paths"].items():
+                # re.escape turns "{domain}" into "\\{domain\\}": each becomes a named group.
+                pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+                upload = any("multipart/form-data" in op.get("requestBody", {}).get("content", {})
+                             for op in operations.values())
+                self._routes.append((re.compile(pattern + "$"), SimpleNamespace(path=template),
+                                     upload))
+        for pattern, route, upload in self._routes:
+            found = pattern.match(scope["path"])
+            if found:
+                return route, found.groupdict(), upload
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,7 +125,16 @@ class Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
-        scope["facesearch.upload"] = self._is_upload(scope)
+        matched = self._route(scope)
+        if matched is not None:
+            route, params, scope["facesearch.upload"] = matched
+            # The request log's labels, for a request refused here too (the router sets them
+            # again for the others).
+            scope.setdefault("route", route)
+            if names.DOMAIN_RE.fullmatch(params.get("domain", "")):
+                scope.setdefault("state", {}).setdefault("domain", params["domain"])
+        else:
+            scope["facesearch.upload"] = False
         if _needs_key(path):
             try:
                 caller = await self._authenticate(scope)
