@@ -316,7 +316,7 @@ def test_slow_clients_are_cut_off(hard: dict) -> None:
     assert httpx.get(srv.base + "/healthz", timeout=5).status_code == 200
     for t in threads:
         t.join()
-    assert len(results) == 4 and all(HEADER_TIMEOUT - 0.5 < r < HEADER_TIMEOUT + 3 for r in results), results
+    assert len(results) == 4 and all(HEADER_TIMEOUT - 1 < r < HEADER_TIMEOUT + 3 for r in results), results
     # A body trickled after complete headers: cut off once the body deadline passes.
     s = _raw(port)
     head = (b"POST /v1/domains/hard-a/people HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -324,7 +324,7 @@ def test_slow_clients_are_cut_off(hard: dict) -> None:
             + b"Content-Length: 5000\r\n\r\n")
     s.sendall(head)
     took = _closed_after(s, b"{" + b" " * 4000, 20)
-    assert BODY_TIMEOUT - 0.5 < took < BODY_TIMEOUT + 3, took
+    assert BODY_TIMEOUT - 1 < took < BODY_TIMEOUT + 3, took
     for s in slow:
         s.close()
 
@@ -336,9 +336,13 @@ def test_open_connections_are_capped(hard: dict) -> None:
     port = int(srv.base.rsplit(":", 1)[1])
     idle = [_raw(port) for _ in range(MAX_CONNECTIONS)]
     try:
-        time.sleep(0.2)
-        r = httpx.get(srv.base + "/healthz", timeout=5)
-        assert r.status_code == 503
+        # Within the header deadline (which closes the idle ones), once the server has them all.
+        codes = []
+        deadline = time.monotonic() + HEADER_TIMEOUT * 0.75
+        while time.monotonic() < deadline and 503 not in codes:
+            time.sleep(0.1)
+            codes.append(httpx.get(srv.base + "/healthz", timeout=5).status_code)
+        assert codes[-1] == 503, codes
     finally:
         for s in idle:
             s.close()
