@@ -24,6 +24,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -117,10 +118,10 @@ class Guard:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                names = {k.lower() for k, _ in headers}
-                if NOSNIFF[0] not in names:
+                present = {k.lower() for k, _ in headers}
+                if NOSNIFF[0] not in present:
                     headers.append(NOSNIFF)
-                if api and b"cache-control" not in names:
+                if api and b"cache-control" not in present:
                     headers.append(NO_STORE)
                 message = {**message, "headers": headers}
             await send(message)
@@ -146,9 +147,7 @@ class Guard:
 
     async def _authenticate(self, scope: Scope) -> Caller:
         """The caller of a request, or _Refused (401, 429, 503) without reading its body."""
-        from starlette.requests import Request  # headers only: the body is never touched here
-
-        request = Request(scope)
+        request = Request(scope)  # its headers only: the body is never touched here
         address = scope["client"][0] if scope.get("client") else "unknown"
         try:
             key = presented_key(request)
