@@ -213,8 +213,10 @@ def test_delete_person_removes_biometric_data(flow: dict, request: pytest.Fixtur
     assert deleted.status_code == 200 and deleted.json()["name"] == name
     if flow["store"] == "pgvector":
         db = request.getfixturevalue("db")
-        assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+        for table, column in (("faces", "person_id"), ("people", "id")):  # ids are per domain
+            assert db.execute(f"SELECT count(*) FROM {table} WHERE domain_id ="
+                              f" (SELECT id FROM domains WHERE name = %s) AND {column} = %s",
+                              (DOMAIN, pid)).fetchone() == (0,)
     else:  # PKL mode: their rows are gone from the DeepFace file, they from the sidecar
         folder = flow["server"].home / "pkl" / DOMAIN
         (pkl,) = folder.glob("ds_model_*.pkl")

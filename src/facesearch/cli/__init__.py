@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .. import __version__
-from ..config import Settings
+from ..config import Settings, private_home
 from ..errors import FacesearchError
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Context:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        private_home(settings.home)  # before anything is written there (keys, database, PKL files)
 
     @contextmanager
     def pool(self, photos: int, model: str | None = None, *, warm: bool = False) -> Iterator[ModelPool]:

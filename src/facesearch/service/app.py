@@ -21,14 +21,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..config import Settings
+from ..config import Settings, private_home
 from ..errors import FacesearchError, ModelError
 from ..inference import ModelPool, ModelSpec
 from ..models import check_model_files
 from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
 from .auth import admin_key_digest
+from .bounded import set_metadata_limit
 from .docs import add_api_docs
+from .guard import Guard
 from .observability import Metrics, RequestLog
 from .openapi import document_api
 from .routes import clusters, domains, health, people, photos, whoami
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db: AsyncConnectionPool | PklStore
+        private_home(settings.home)
         if uses_pkl(settings.store):  # DeepFace PKL files: no database started or contacted
             db = PklStore(settings.home / "pkl")
             await db.open()
@@ -93,16 +96,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await db.close()
             log.info("stopped")
 
+    # No trailing-slash redirects: Starlette's would build the Location from the Host header.
     # docs_url/redoc_url None: FastAPI's pages load from a CDN; add_api_docs serves them offline.
     app = FastAPI(title="facesearch", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan, docs_url=None, redoc_url=None)
+                  lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
+    set_metadata_limit(settings.max_metadata)
     _add_error_handlers(app)
     for module in (domains, people, photos, clusters, health, whoami):
         app.include_router(module.router)
     add_web_page(app)
     add_api_docs(app)
     document_api(app)
-    app.add_middleware(BodyLimit, limit=settings.max_upload)
+    app.add_middleware(BodyLimit, limit=settings.max_upload, json_limit=settings.max_json)
+    app.add_middleware(Guard, settings=settings)  # the key, before the body
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
     return app
 

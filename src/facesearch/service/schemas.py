@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .bounded import Metadata
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["no_face"])
@@ -69,12 +71,13 @@ class KeyList(BaseModel):
 
 class PersonCreate(BaseModel):
     name: str = Field(examples=["Ana Novak"])
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict, description=(
+        "A JSON object: at most FACESEARCH_MAX_METADATA_KB (16 KB), 8 levels, 256 keys."))
 
 
 class PersonUpdate(BaseModel):
     name: str | None = None
-    metadata: dict[str, Any] | None = Field(None, description="Replaces the stored metadata.")
+    metadata: Metadata | None = Field(None, description="Replaces the stored metadata.")
 
 
 class PersonOut(BaseModel):
@@ -92,6 +95,9 @@ class PeoplePage(BaseModel):
     total: int
     limit: int
     offset: int
+    next_offset: int | None = Field(None, description=(
+        "The offset of the next page, null after the last. A page stops early when its people's "
+        "JSON reaches FACESEARCH_MAX_PAGE_MB: page on from here, not from offset + limit."))
 
 
 class Box(BaseModel):

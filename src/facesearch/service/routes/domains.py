@@ -10,6 +10,7 @@ from ...config import usable_model
 from ...errors import ModelError
 from ...store import unknown
 from ...store.gallery import DomainInfo
+from ..bounded import PathId
 from ..schemas import DomainCreate, DomainList, DomainOut, KeyCreate, KeyCreated, KeyList, KeyOut
 from ..state import AdminDep, DomainDep, Service, ServiceDep
 
@@ -79,7 +80,7 @@ async def list_keys(dom: DomainDep, _: AdminDep,
 
 
 @router.delete("/{domain}/keys/{key_id}", response_model=KeyOut)
-async def revoke_key(key_id: int, dom: DomainDep, _: AdminDep,
+async def revoke_key(key_id: PathId, dom: DomainDep, _: AdminDep,
                      svc: ServiceDep) -> dict:
     """Revoke a key: requests with it are refused from now on."""
     async with svc.gallery() as gallery:
