@@ -222,3 +222,17 @@ def test_domains_share_the_workers_fairly_and_queues_are_bounded(
         stats = pool.stats()
         assert stats["dropped"] == cancelled and stats["overloaded"] == 1
         assert stats["started"] == 1 + (8 - cancelled)  # b's, and a's that were not cancelled
+
+
+def test_fair_queue_serves_tenants_in_turn() -> None:
+    from facesearch.inference.fair import FairQueue
+
+    queue: FairQueue[str] = FairQueue()
+    queue.extend("a", [f"a{i}" for i in range(4)])
+    queue.extend("b", ["b0", "b1"])  # arrives with nothing waiting: served next
+    assert [queue.popleft() for _ in range(3)] == ["b0", "a0", "b1"]
+    queue.extend("c", ["c0"])
+    assert queue.waiting("a") == 3 and queue.tenants() == 2 and len(queue) == 4
+    assert [queue.popleft() for _ in range(4)] == ["c0", "a1", "a2", "a3"]
+    with pytest.raises(IndexError):
+        queue.popleft()
