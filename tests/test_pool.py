@@ -155,7 +155,7 @@ def test_photo_that_keeps_stopping_workers_is_refused(settings: Settings, photo:
     # attempt gets its worker killed.
     poison = huge
     with ModelPool(ModelSpec(cache_dir=str(settings.cache_dir)), workers=1,
-                   task_timeout=0.5) as pool:
+                   task_timeout=1.0) as pool:
         pool.start()
 
         def attempt() -> BaseException | None:
