@@ -119,6 +119,12 @@ class Settings:
     header_timeout: float = 10.0  # seconds to send a request's headers
     body_timeout: float = 60.0  # seconds to send a request's body
     max_connections: int = 1000  # open connections; over it new requests get 503
+    # The model pool's limits (see inference/pool.py and docs in the README's settings table).
+    task_timeout: float = 60.0  # seconds a photo may take in a worker before it is killed; 0: none
+    queue_limit: int = 64  # photos a domain may have waiting for a worker; 0: no limit
+    worker_memory_mb: int = 0  # address-space cap of each model worker (RLIMIT_AS); 0: none
+    max_photos: int = 32  # photos per request
+    max_request_megapixels: float = 400.0  # all the photos of one request together
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -151,6 +157,11 @@ class Settings:
             header_timeout=_env_number("FACESEARCH_HEADER_TIMEOUT", 10.0, float),
             body_timeout=_env_number("FACESEARCH_BODY_TIMEOUT", 60.0, float),
             max_connections=int(_env_number("FACESEARCH_MAX_CONNECTIONS", 1000)),
+            task_timeout=_env_number("FACESEARCH_TASK_TIMEOUT", 60.0, float),
+            queue_limit=int(_env_number("FACESEARCH_QUEUE_LIMIT", 64)),
+            worker_memory_mb=int(_env_number("FACESEARCH_WORKER_MEMORY_MB", 0)),
+            max_photos=int(_env_number("FACESEARCH_MAX_PHOTOS", 32)),
+            max_request_megapixels=_env_number("FACESEARCH_MAX_REQUEST_MEGAPIXELS", 400.0, float),
         )
         if settings.admin_key is not None and len(settings.admin_key) < MIN_ADMIN_KEY:
             raise SystemExit(
@@ -158,6 +169,11 @@ class Settings:
                 f"least {MIN_ADMIN_KEY} (a short key can be guessed): use a random one, e.g. "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))', or unset it to have "
                 "one generated")
+        if min(settings.task_timeout, settings.queue_limit, settings.worker_memory_mb) < 0 \
+                or settings.max_photos < 1 or settings.max_request_megapixels <= 0:
+            raise SystemExit("error: FACESEARCH_TASK_TIMEOUT, _QUEUE_LIMIT and _WORKER_MEMORY_MB "
+                             "must be 0 (off) or more; _MAX_PHOTOS and _MAX_REQUEST_MEGAPIXELS "
+                             "more than 0")
         if settings.min_face < 20:
             raise SystemExit("error: FACESEARCH_MIN_FACE must be at least 20 (pixels)")
         given = {k: v for k, v in overrides.items() if v is not None}

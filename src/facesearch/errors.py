@@ -127,3 +127,46 @@ class ModelError(FacesearchError):
 
     code = "model_unavailable"
     status = 503
+
+
+# -- the model pool's admission and limits (inference/pool.py, service/limits.py) --------------
+
+class TaskTimeout(ModelError):
+    """A photo ran past FACESEARCH_TASK_TIMEOUT in a worker, which was killed and replaced."""
+
+    code = "model_timeout"
+    status = 504
+
+
+class Overloaded(FacesearchError):
+    """The domain's queue in front of the model workers is full: try again after ``retry_after``."""
+
+    code = "overloaded"
+    status = 503
+    retry_after: int = 1  # seconds, sent as the Retry-After header
+
+
+class PhotoRefused(FacesearchError):
+    """A photo that stopped a model worker several times is not tried again."""
+
+    code = "photo_refused"
+    status = 422
+
+
+class TooManyPhotos(FacesearchError):
+    code = "too_many_photos"
+    status = 413
+
+
+class TooManyPixels(FacesearchError):
+    """The photos of one request add up to more megapixels than one request may use."""
+
+    code = "too_many_pixels"
+    status = 413
+
+
+class ClientGone(FacesearchError):
+    """The client closed the connection before the answer: its queued work was dropped."""
+
+    code = "client_closed_request"
+    status = 499

@@ -12,12 +12,24 @@ that dies (OOM killer, SIGKILL, a native crash) fails only the task it was runni
 instead breaks as a whole and fails every task in flight.) A worker that cannot load the model
 fails the waiting tasks with the reason instead of leaving them to hang, and is retried with a
 growing backoff.
+
+Scheduling (see :mod:`.fair`): tasks wait in one queue per *tenant* (a domain), served round robin,
+so one domain's backlog delays another's task by at most the tasks already running. With a
+``queue_limit``, a tenant's request is refused at once (:class:`Overloaded`) rather than queued
+behind more than that many of its own tasks. With a ``task_timeout``, a task running longer (a
+worker stuck in native code) has its worker killed and replaced and fails with
+:class:`TaskTimeout`. A photo that stopped a worker (killed it, or timed out) ``crash_limit``
+times is refused from then on (:class:`PhotoRefused`), so a client retrying a poison photo
+cannot keep the workers restarting. A queued task whose future is cancelled (its client left) is
+dropped before it starts; one already running is left to finish (at most one photo per worker:
+killing the worker would cost everyone a model reload).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -29,9 +41,10 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal, TypeVar
 
-from ..errors import FacesearchError, ModelError
+from ..errors import FacesearchError, ModelError, Overloaded, PhotoRefused, TaskTimeout
 from ..models.base import MIN_FACE, Analysis
 from . import worker
+from .fair import FairQueue, Strikes
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -40,6 +53,8 @@ DIED = "the face model worker stopped while processing this photo; try again"
 CLOSING = "the model pool is shutting down"
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # seconds between attempts to load a model that failed
 IDLE_CHECK = 1.0  # seconds between liveness checks of an idle worker
+CRASH_LIMIT = 2  # a photo that stopped a worker this many times is refused from then on
+_TIMED_OUT = ("timed out",)  # _receive's answer when the worker did not reply in time
 
 _spawn = multiprocessing.get_context("spawn")
 _launch_lock = threading.Lock()  # Process.start() from several threads at once is not documented safe
@@ -57,6 +72,7 @@ class ModelSpec:
     runtime: str = "onnx"
     cache_dir: str | None = None
     threads: int = 0  # native threads per worker; 0 = share the cores between the workers
+    memory_mb: int = 0  # address-space cap of each worker (RLIMIT_AS); 0 = none
 
 
 @dataclass(eq=False)
@@ -65,6 +81,8 @@ class _Task:
     args: tuple[object, ...]
     future: Future[Any] = field(default_factory=Future)
     threads: int = 0  # native threads lent to it; 0 = its worker's share of the cores
+    tenant: str = ""  # whose queue it waits in (a domain)
+    key: bytes | None = None  # digest of its photos, for Strikes (None: not a photo task)
 
 
 @dataclass(eq=False)
@@ -97,6 +115,11 @@ def _fail(future: Future[Any], message: str) -> None:
         future.set_exception(ModelError(message))
 
 
+def _refused_message(strikes: int) -> str:
+    return (f"this photo stopped the face model worker {strikes} times (crashed it or ran past "
+            "the task timeout), so it is not tried again; check the file, or send another photo")
+
+
 def _kill(process: BaseProcess) -> None:
     with contextlib.suppress(OSError, ValueError):  # already gone
         process.kill()
@@ -111,8 +134,16 @@ class ModelPool:
     the model cannot be loaded, or the pool is closing.
     """
 
-    def __init__(self, spec: ModelSpec, workers: int | None = None) -> None:
+    def __init__(self, spec: ModelSpec, workers: int | None = None, *,
+                 task_timeout: float | None = None, queue_limit: int | None = None,
+                 crash_limit: int = CRASH_LIMIT) -> None:
+        """``task_timeout``: seconds a task may run (None: no limit). ``queue_limit``: tasks a
+        tenant may have waiting before :meth:`submit_many` refuses its requests (None: no
+        limit). ``crash_limit``: strikes after which a photo is refused."""
         self.workers = max(1, workers or os.cpu_count() or 1)
+        self.task_timeout = task_timeout or None
+        self.queue_limit = queue_limit or None
+        self.crash_limit = crash_limit
         cores = os.cpu_count() or 1
         # Threads left to the pool (0) are shared out, and a task running alone gets them all;
         # a number set by the user is kept for every task.
@@ -121,7 +152,10 @@ class ModelPool:
             spec = replace(spec, threads=max(1, cores // self.workers))
         self.spec = spec
         self._cond = threading.Condition()  # guards everything below; dispatchers wait on it
-        self._queue: deque[_Task] = deque()
+        self._queue: FairQueue[_Task] = FairQueue()
+        self._strikes = Strikes()
+        self._task_seconds = 0.1  # moving average of a task's run time, for Retry-After
+        self._counts = dict.fromkeys(("started", "timeouts", "dropped", "overloaded", "refused"), 0)
         self._slots = [_Slot(i) for i in range(self.workers)]
         self._started = False
         self._closing = False
@@ -155,13 +189,27 @@ class ModelPool:
 
     def submit(self, data: bytes, *, max_pixels: int, max_faces: int, embed: bool = True,
                thumbnails: bool = False, min_face: int = MIN_FACE,
-               largest: bool = False, model: str | None = None) -> Future[Analysis]:
+               largest: bool = False, model: str | None = None,
+               tenant: str = "") -> Future[Analysis]:
         """Queue one photo; the future's result is an :class:`Analysis` or a FacesearchError.
         ``thumbnails``: also a small JPEG crop of each face (``Face.thumbnail``), for enrollment.
         ``min_face``, ``largest``: how hard to look for small faces (``FaceModel.detect``).
-        ``model``: which model (None: the spec's default)."""
-        return self._submit("analyze", (data, max_pixels, max_faces, embed, thumbnails,
-                                        min_face, largest, model))
+        ``model``: which model (None: the spec's default). ``tenant``: whose queue it waits in."""
+        return self._submit([self._photo_task(data, tenant, max_pixels, max_faces, embed,
+                                              thumbnails, min_face, largest, model)])[0]
+
+    def submit_many(self, photos: list[bytes], *, tenant: str, max_pixels: int, max_faces: int,
+                    embed: bool = True, thumbnails: bool = False, min_face: int = MIN_FACE,
+                    largest: bool = False, model: str | None = None) -> list[Future[Analysis]]:
+        """One task per photo (so other tenants' tasks interleave with them), admitted as a
+        whole: raises :class:`Overloaded` if ``tenant`` already has tasks waiting and these
+        would take it past the queue limit (a tenant with nothing waiting is always admitted)."""
+        tasks = [self._photo_task(data, tenant, max_pixels, max_faces, embed, thumbnails,
+                                  min_face, largest, model) for data in photos]
+        return self._submit(tasks, admit=True)
+
+    def _photo_task(self, data: bytes, tenant: str, *args: object) -> _Task:
+        return _Task("analyze", (data, *args), tenant=tenant, key=Strikes.key([data]))
 
     def submit_batch(self, photos: list[bytes], *, max_pixels: int, max_faces: int,
                      thumbnails: bool = False, min_face: int = MIN_FACE,
@@ -169,8 +217,9 @@ class ModelPool:
                      ) -> Future[list[Analysis | FacesearchError]]:
         """Queue several photos as one task (one embedding call for all their faces); each
         photo's result is an :class:`Analysis` or the FacesearchError it raised."""
-        return self._submit("analyze_batch", (photos, max_pixels, max_faces, thumbnails,
-                                              min_face, largest, model))
+        return self._submit([_Task("analyze_batch", (photos, max_pixels, max_faces, thumbnails,
+                                                     min_face, largest, model),
+                                   key=Strikes.key(photos))])[0]
 
     def result(self, future: Future[T]) -> T:
         """Wait for a submitted task; a dead worker or an unloadable model is a :class:`ModelError`."""
@@ -188,7 +237,7 @@ class ModelPool:
         self.start()
         with self._cond:
             live = [s for s in self._slots if s.state in ("ready", "busy")]
-        futures = [self._submit("process_report", (), slot) for slot in live]
+        futures = [self._submit([_Task("process_report", ())], slot=slot)[0] for slot in live]
         return [f.result() for f in futures]
 
     def pids(self) -> list[int]:
@@ -203,7 +252,10 @@ class ModelPool:
                     and all(s.state in ("ready", "busy") for s in self._slots))
 
     def stats(self) -> dict[str, int]:
-        """Gauges and counters for metrics: ``restarts`` counts workers replaced after dying."""
+        """Gauges and counters for metrics: ``restarts`` counts workers replaced after dying (or
+        killed for running past the timeout: ``timeouts``); ``started`` tasks sent to a worker,
+        ``dropped`` cancelled before they started, ``overloaded`` requests' tasks refused for a
+        full queue, ``refused`` photos refused for having stopped workers before."""
         with self._cond:
             states = [s.state for s in self._slots]
             return {
@@ -214,6 +266,7 @@ class ModelPool:
                 "queued": len(self._queue),
                 "restarts": self._restarts,
                 "load_failures": self._load_failures,
+                **self._counts,
             }
 
     def close(self, timeout: float = 10) -> None:
@@ -224,8 +277,7 @@ class ModelPool:
                 self._closing = True
                 self._deadline = time.monotonic() + timeout
             deadline = self._deadline
-            queued = [*self._queue, *(t for s in self._slots for t in s.private)]
-            self._queue.clear()
+            queued = [*self._queue.drain(), *(t for s in self._slots for t in s.private)]
             for s in self._slots:
                 s.private.clear()
             # A worker still loading has no task: no need to wait for it.
@@ -265,21 +317,53 @@ class ModelPool:
                                                name=f"facesearch-model-{slot.index}")
                 slot.thread.start()
 
-    def _submit(self, name: str, args: tuple[object, ...], slot: _Slot | None = None) -> Future[Any]:
-        task = _Task(name, args)
+    def _submit(self, tasks: list[_Task], slot: _Slot | None = None,
+                admit: bool = False) -> list[Future[Any]]:
+        """Queue ``tasks`` (for ``slot`` only, if given); ``admit``: apply the queue limit."""
         self._ensure_started()
+        refused: list[tuple[_Task, FacesearchError]] = []
         with self._cond:
             if self._closing:
-                error = CLOSING
+                error: str | None = CLOSING
             elif slot is None and all(s.state == "failed" for s in self._slots):
                 # No worker can run it before the next attempt to load the model: fail now.
                 error = _load_failed_message(self._load_error)
             else:
-                (slot.private if slot is not None else self._queue).append(task)
+                error = None
+                if admit and tasks:
+                    self._admit(tasks)
+                if slot is not None:
+                    slot.private.extend(tasks)
+                else:
+                    for task in tasks:
+                        if self._strikes.count(task.key) >= self.crash_limit:
+                            refused.append((task, PhotoRefused(_refused_message(self.crash_limit))))
+                            self._counts["refused"] += 1
+                    bad = {id(t) for t, _ in refused}
+                    for tenant in dict.fromkeys(t.tenant for t in tasks):
+                        self._queue.extend(tenant, (t for t in tasks if t.tenant == tenant
+                                                    and id(t) not in bad))
                 self._cond.notify_all()
-                return task.future
-        task.future.set_exception(ModelError(error))
-        return task.future
+        for task, exc in refused:
+            task.future.set_exception(exc)
+        if error is not None:
+            for task in tasks:
+                task.future.set_exception(ModelError(error))
+        return [task.future for task in tasks]
+
+    def _admit(self, tasks: list[_Task]) -> None:
+        """Raise :class:`Overloaded` if the tenant's queue cannot take ``tasks`` (lock held)."""
+        tenant = tasks[0].tenant
+        waiting = self._queue.waiting(tenant)
+        if self.queue_limit is None or not waiting or waiting + len(tasks) <= self.queue_limit:
+            return
+        self._counts["overloaded"] += len(tasks)
+        # When a worker could start them: the tasks waiting ahead, shared by the workers.
+        ahead = len(self._queue) * self._task_seconds / self.workers
+        error = Overloaded(f"the face model queue of this domain is full ({waiting} photos "
+                           f"waiting, limit {self.queue_limit}): try again in a moment")
+        error.retry_after = max(1, min(60, math.ceil(ahead)))
+        raise error
 
     def _dispatch(self, slot: _Slot) -> None:
         """A slot's thread: keep a loaded worker in it and feed it tasks until the pool closes."""
@@ -358,8 +442,7 @@ class ModelPool:
             doomed = list(slot.private)
             slot.private.clear()
             if all(s.state == "failed" for s in self._slots):  # nobody left to run the queue
-                doomed += self._queue
-                self._queue.clear()
+                doomed += self._queue.drain()
             self._cond.notify_all()
         for task in doomed:
             _fail(task.future, message)
@@ -373,35 +456,37 @@ class ModelPool:
                 for queue in (slot.private, self._queue):
                     while queue:
                         task = queue.popleft()
-                        if task.future.set_running_or_notify_cancel():  # else cancelled: skip it
-                            slot.state = "busy"
-                            # Alone, a task may use every core (a single request is then ~4 ms
-                            # faster); with others running, each keeps its worker's share.
-                            alone = not self._queue and not any(
-                                s.state == "busy" for s in self._slots if s is not slot)
-                            task.threads = self._lend if alone else 0
-                            return task
+                        if not task.future.set_running_or_notify_cancel():
+                            self._counts["dropped"] += 1  # cancelled (its client left): skip it
+                            continue
+                        slot.state = "busy"
+                        self._counts["started"] += 1
+                        # Alone, a task may use every core (a single request is then ~4 ms
+                        # faster); with others running, each keeps its worker's share.
+                        alone = not self._queue and not any(
+                            s.state == "busy" for s in self._slots if s is not slot)
+                        task.threads = self._lend if alone else 0
+                        return task
                 self._cond.wait(IDLE_CHECK)
         return None
 
     def _run(self, slot: _Slot, task: _Task) -> None:
         """Send one task to the slot's worker and settle its future with the answer."""
         assert slot.conn is not None
+        started = time.monotonic()
         try:
             try:
                 slot.conn.send((task.name, task.args, task.threads))
-                reply = self._receive(slot)
+                reply = self._receive(slot, self.task_timeout)
             except OSError:
                 reply = None
             except Exception as exc:  # the task or its answer did not (un)pickle; the worker is fine
                 reply = ("error", ModelError(f"the face model worker could not exchange a task: {exc}"))
-            if reply is None:
-                pid = slot.process.pid if slot.process else None
-                exitcode = self._replace(slot)
-                log.warning("model worker %d (pid %s) died running a task (exit code %s); replaced",
-                            slot.index, pid, exitcode)
-                task.future.set_exception(ModelError(CLOSING if self._closing else DIED))
+            if reply is None or reply is _TIMED_OUT:
+                task.future.set_exception(self._lost(slot, task, timed_out=reply is _TIMED_OUT))
             elif reply[0] == "ok":
+                with self._cond:
+                    self._strikes.clear(task.key)
                 task.future.set_result(reply[1])
             else:
                 exc = reply[1]
@@ -414,12 +499,43 @@ class ModelPool:
             with self._cond:
                 if slot.state == "busy":
                     slot.state = "ready"
+                self._task_seconds += 0.2 * (time.monotonic() - started - self._task_seconds)
                 self._cond.notify_all()
 
-    def _receive(self, slot: _Slot) -> tuple[Any, ...] | None:
-        """The worker's next message, or None if it died first."""
+    def _lost(self, slot: _Slot, task: _Task, timed_out: bool) -> FacesearchError:
+        """The slot's worker died running ``task``, or ran past the timeout (it is killed):
+        replace it, count a strike against the photo, and say what the caller gets."""
+        pid = slot.process.pid if slot.process else None
+        if timed_out and slot.process is not None:
+            _kill(slot.process)
+        exitcode = self._replace(slot)
+        with self._cond:
+            strikes = self._strikes.add(task.key)
+            if timed_out:
+                self._counts["timeouts"] += 1
+        if timed_out:
+            log.warning("model worker %d (pid %s) ran past the %g s task timeout; killed and "
+                        "replaced", slot.index, pid, self.task_timeout)
+        else:
+            log.warning("model worker %d (pid %s) died running a task (exit code %s); replaced",
+                        slot.index, pid, exitcode)
+        if self._closing:
+            return ModelError(CLOSING)
+        if strikes >= self.crash_limit:
+            return PhotoRefused(_refused_message(self.crash_limit))
+        if timed_out:
+            return TaskTimeout(f"the photo took longer than {self.task_timeout:g} s to analyse "
+                               "(FACESEARCH_TASK_TIMEOUT), so its model worker was restarted; "
+                               "try again later, or with a smaller photo")
+        return ModelError(DIED)
+
+    def _receive(self, slot: _Slot, timeout: float | None = None) -> tuple[Any, ...] | None:
+        """The worker's next message; None if it died first, ``_TIMED_OUT`` after ``timeout``."""
         assert slot.conn is not None and slot.process is not None
-        if slot.conn not in wait([slot.conn, slot.process.sentinel]):
+        ready = wait([slot.conn, slot.process.sentinel], timeout)
+        if not ready:
+            return _TIMED_OUT
+        if slot.conn not in ready:
             return None
         try:
             return slot.conn.recv()

@@ -7,6 +7,7 @@ of anything that loads libpq: the spawned worker imports it, and so does the par
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 import traceback
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import FacesearchError, ModelError
+from ..errors import FacesearchError, ImageTooLarge, ModelError
 from ..imaging import decode_image, face_thumbnail
 from ..models.base import MIN_FACE, Analysis
 
@@ -136,6 +137,12 @@ TASKS: dict[str, Callable[..., object]] = {
 }
 
 
+def _memory_message(memory_mb: int) -> str:
+    limit = (f"the {memory_mb} MB a model worker may use (FACESEARCH_WORKER_MEMORY_MB)"
+             if memory_mb else "the memory free on the server")
+    return f"analysing this photo needs more than {limit}: send a smaller photo"
+
+
 def serve(conn: Connection, spec: dict[str, object]) -> None:
     """Worker process main: load the model, say ``("ready", pid)``, then answer tasks until ``None``.
 
@@ -148,10 +155,19 @@ def serve(conn: Connection, spec: dict[str, object]) -> None:
     # service: the parent decides when workers stop (after draining), or they see its pipe close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    memory_mb = int(spec.get("memory_mb") or 0)  # type: ignore[call-overload]
+    if memory_mb > 0:
+        # Address space, not resident memory: an allocation past it fails (MemoryError) instead
+        # of the OOM killer taking the worker, or the machine, down.
+        cap = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     try:
         init(spec)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, FacesearchError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, MemoryError):
+            reason = (f"out of memory loading the model under the {memory_mb} MB cap "
+                      "(FACESEARCH_WORKER_MEMORY_MB): raise it")
         conn.send(("error", reason))
         return
     conn.send(("ready", os.getpid()))
@@ -167,6 +183,8 @@ def serve(conn: Connection, spec: dict[str, object]) -> None:
             loaded.set_threads(threads)
         try:
             reply: tuple[object, ...] = ("ok", TASKS[name](*args))
+        except MemoryError:
+            reply = ("error", ImageTooLarge(_memory_message(memory_mb)), traceback.format_exc())
         except Exception as exc:
             reply = ("error", exc, traceback.format_exc())
         try:

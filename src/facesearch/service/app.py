@@ -69,8 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await db.open(wait=True, timeout=30)
         spec = ModelSpec(model=settings.model, models=await _preloaded(db, settings),
                          detector=settings.detector, runtime=settings.runtime,
-                         cache_dir=str(settings.cache_dir))
-        models = ModelPool(spec, workers=settings.workers)
+                         cache_dir=str(settings.cache_dir), memory_mb=settings.worker_memory_mb)
+        models = ModelPool(spec, workers=settings.workers, task_timeout=settings.task_timeout,
+                           queue_limit=settings.queue_limit)
         svc = Service(settings=settings, db=db, models=models,
                       admin_digest=admin_key_digest(settings), metrics=metrics)
         app.state.service = svc
@@ -138,13 +139,15 @@ async def _preloaded(db: AsyncConnectionPool | PklStore, settings: Settings) -> 
 
 
 def error_response(request: Request, status: int, code: str, message: str,
-                   details: object = None) -> JSONResponse:
+                   details: object = None, headers: dict[str, str] | None = None) -> JSONResponse:
     request.state.error = code
     error: dict = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
-    # A 503 is temporary (database or model workers): clients may retry after a second.
-    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    # A 503 is temporary (database or model workers): clients may retry, after the overload's own
+    # estimate if it gave one, else a second.
+    if status == 503:
+        headers = {"Retry-After": RETRY_AFTER, **(headers or {})}
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
@@ -159,7 +162,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FacesearchError)
     async def facesearch_error(request: Request, exc: FacesearchError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.message, exc.details)
+        retry = getattr(exc, "retry_after", None)  # Overloaded: when to try again
+        return error_response(request, exc.status, exc.code, exc.message, exc.details,
+                              {"Retry-After": str(retry)} if retry else None)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

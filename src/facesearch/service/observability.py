@@ -41,6 +41,9 @@ class Metrics:
                              ["state"], registry=r)
         self.restarts = Gauge("facesearch_model_worker_restarts",
                               "Model workers replaced after dying", registry=r)
+        self.tasks = Gauge("facesearch_model_tasks", "Model tasks (photos) since start, by "
+                           "outcome: started, timeouts, dropped (client gone), overloaded, "
+                           "refused (poison photo)", ["outcome"], registry=r)
 
     def observe_inference(self, timings_ms: Mapping[str, float]) -> None:
         for stage, ms in timings_ms.items():
@@ -57,6 +60,8 @@ class Metrics:
             if state in pool_stats:
                 self.workers.labels(state).set(pool_stats[state])
         self.restarts.set(pool_stats.get("restarts", 0))
+        for outcome in ("started", "timeouts", "dropped", "overloaded", "refused"):
+            self.tasks.labels(outcome).set(pool_stats.get(outcome, 0))
         return generate_latest(self.registry)
 
 

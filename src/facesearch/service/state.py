@@ -3,7 +3,6 @@ dependencies built on it: who is calling, and which domain they may reach."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from ..store.gallery import Domain, Gallery, GalleryCache
 from ..store.pkl import PklGallery, PklStore
 from .auth import Caller, is_admin, presented_key
 from .observability import Metrics
+from .scheduling import check_request_size, results_unless_gone
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -46,19 +46,44 @@ class Service:
         async with self.db.connection() as conn:
             yield Gallery(conn, self.cache)
 
-    async def analyze(self, data: bytes, *, model: str, max_faces: int, embed: bool = True,
-                      thumbnails: bool = False, largest: bool = False,
-                      min_face: int | None = None) -> Analysis:
+    async def analyze(self, request: Request, data: bytes, *, tenant: str, model: str,
+                      max_faces: int, embed: bool = True, thumbnails: bool = False,
+                      largest: bool = False, min_face: int | None = None) -> Analysis:
         """Decode, detect and embed one photo in a model worker with ``model`` (a domain's, or
         the server's default; and crop thumbnails if asked). ``largest`` and ``min_face``
-        (default: the server's): see ``FaceModel.detect``."""
-        future = self.models.submit(data, max_pixels=self.settings.max_pixels,
-                                    max_faces=max_faces, embed=embed, thumbnails=thumbnails,
-                                    min_face=min_face or self.settings.min_face, largest=largest,
-                                    model=model)
-        analysis = await asyncio.wrap_future(future)
-        self.metrics.observe_inference(analysis.timings_ms)
-        return analysis
+        (default: the server's): see ``FaceModel.detect``. See :meth:`analyze_many`."""
+        [result] = await self.analyze_many(request, [data], tenant=tenant, model=model,
+                                           max_faces=max_faces, embed=embed,
+                                           thumbnails=thumbnails, largest=largest,
+                                           min_face=min_face)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def analyze_many(self, request: Request, photos: list[bytes], *, tenant: str,
+                           model: str, max_faces: int, embed: bool = True,
+                           thumbnails: bool = False, largest: bool = False,
+                           min_face: int | None = None) -> list[Analysis | BaseException]:
+        """:meth:`analyze` for each photo, in ``tenant``'s queue (a domain; its fair share of the
+        workers): each photo's Analysis or the error it raised. Refused as a whole if too big
+        (TooManyPhotos, TooManyPixels) or if the tenant's queue is full (Overloaded); dropped if
+        the client disconnects while the photos wait (ClientGone)."""
+        check_request_size(photos, self.settings)
+        futures = self.models.submit_many(
+            photos, tenant=tenant, max_pixels=self.settings.max_pixels, max_faces=max_faces,
+            embed=embed, thumbnails=thumbnails, min_face=min_face or self.settings.min_face,
+            largest=largest, model=model)
+        results = await results_unless_gone(request, futures)
+        for result in results:
+            if isinstance(result, Analysis):
+                self.metrics.observe_inference(result.timings_ms)
+        return results
+
+    @staticmethod
+    def tenant(who: Caller) -> str:
+        """Whose queue a request without a domain in its path waits in: its key's domain, or
+        the admin's."""
+        return who.domain or ":admin"
 
 
 def service(request: Request) -> Service:

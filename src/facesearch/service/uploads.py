@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import BadRequest, UnsupportedMediaType, UploadTooLarge
+from ..errors import BadRequest, TooManyPhotos, UnsupportedMediaType, UploadTooLarge
+from .scheduling import too_many_photos_message
 
-MAX_PHOTOS = 32  # per request
+MAX_PHOTOS = 32  # per request, unless the service's settings say (FACESEARCH_MAX_PHOTOS)
 # A client that keeps sending after the limit is cut off after this much more (not drained forever).
 DRAIN_LIMIT = 64 * 1024 * 1024
 
@@ -126,11 +127,16 @@ async def read_upload(request: Request) -> Upload:
         raise UnsupportedMediaType(
             f"send photos as multipart/form-data file fields (e.g. curl -F photo=@face.jpg), "
             f"or one photo as the raw body with Content-Type image/jpeg; got {ctype or 'no type'!r}")
-    parser = _InMemoryParser(request.headers, request.stream(), max_files=MAX_PHOTOS,
+    app = request.scope.get("app")  # absent when parsing outside the service (tests)
+    service = getattr(app.state, "service", None) if app is not None else None
+    max_photos = service.settings.max_photos if service is not None else MAX_PHOTOS
+    parser = _InMemoryParser(request.headers, request.stream(), max_files=max_photos,
                              max_fields=100, max_part_size=64 * 1024)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if str(exc).startswith("Too many files"):
+            raise TooManyPhotos(too_many_photos_message(max_photos)) from None
         raise BadRequest(f"malformed multipart body: {exc}") from None
     photos, fields = [], {}
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from dataclasses import asdict
@@ -165,11 +164,10 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
     index = 0 if face in (None, "largest") else int(face)
     # The largest face is enrolled: small faces are looked for only in photos without a large
     # one, so "several faces" means several large ones (a face picked by index needs them all).
-    analyses = await asyncio.gather(
-        *(svc.analyze(p.data, model=dom.model, max_faces=min(index + 1, svc.settings.max_faces),
-                      thumbnails=svc.settings.thumbnails, largest=face is None or face == "largest")
-          for p in photos),
-        return_exceptions=True)
+    analyses = await svc.analyze_many(
+        request, [p.data for p in photos], tenant=dom.name, model=dom.model,
+        max_faces=min(index + 1, svc.settings.max_faces), thumbnails=svc.settings.thumbnails,
+        largest=face is None or face == "largest")
     results: list[dict] = []
     chosen: list[tuple[int, Face, bytes]] = []  # (result index, face, photo sha256)
     for photo, analysis in zip(photos, analyses, strict=True):
@@ -199,8 +197,11 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
     enrolled = sum(r["status"] == "enrolled" for r in results)
     request.state.faces = enrolled
     if not chosen:
-        if any(r["error"]["code"] == ModelError.code for r in results):
-            raise ModelError("the face model worker stopped while processing the photos; try again")
+        # The workers' fault (died, timed out), not the photos': the request's status says so.
+        failed = [a for a in analyses if isinstance(a, ModelError)]
+        if failed:
+            raise failed[0] if len(photos) == 1 else type(failed[0])(
+                f"{failed[0].message} ({len(failed)} of {len(photos)} photos)")
         reasons = "; ".join(f"{r['photo'] or 'photo'}: {r['error']['message']}" for r in results)
         error = NothingEnrolled(f"no face was enrolled ({reasons})")
         error.details = results

@@ -6,7 +6,6 @@ connection is taken only for the search itself.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated
 
@@ -60,7 +59,7 @@ async def recognize(request: Request, dom: DomainDep,
     s = svc.settings
     threshold = s.recognize_threshold(dom.model) if threshold is None else threshold
     photo = (await read_upload(request)).one("photo")
-    analysis = await svc.analyze(photo.data, model=dom.model,
+    analysis = await svc.analyze(request, photo.data, tenant=dom.name, model=dom.model,
                                  max_faces=min(max_faces or s.max_faces, s.max_faces), min_face=min_face,
                                  thumbnails=dom.keep_unknown and s.thumbnails)
     t0 = time.perf_counter()
@@ -117,8 +116,12 @@ async def verify(request: Request, who: CallerDep, svc: ServiceDep,
     photos = upload.named("photo1", "photo2") or upload.photos
     if len(photos) != 2:
         raise BadRequest(f"send two photos, as file fields 'photo1' and 'photo2' (got {len(photos)})")
-    analyses = await asyncio.gather(*(svc.analyze(p.data, model=model, max_faces=1, largest=True)
-                                      for p in photos))
+    analyses = await svc.analyze_many(request, [p.data for p in photos],
+                                      tenant=request.state.domain if domain else svc.tenant(who),
+                                      model=model, max_faces=1, largest=True)
+    for analysis in analyses:
+        if isinstance(analysis, BaseException):
+            raise analysis
     for label, analysis in zip(("photo1", "photo2"), analyses, strict=True):
         if not analysis.faces:
             raise NoFace(f"no face found in {label}")
@@ -132,12 +135,13 @@ async def verify(request: Request, who: CallerDep, svc: ServiceDep,
 
 
 @router.post("/v1/detect", response_model=DetectOut, openapi_extra=photo_body("photo"))
-async def detect(request: Request, _: CallerDep, svc: ServiceDep,
+async def detect(request: Request, who: CallerDep, svc: ServiceDep,
                  min_face: MinFace = None) -> dict:
     """Faces of a photo: boxes, detection scores and 5 landmarks (no recognition)."""
     start = time.perf_counter()
     photo = (await read_upload(request)).one("photo")
-    analysis = await svc.analyze(photo.data, model=svc.settings.model, max_faces=svc.settings.max_faces,
+    analysis = await svc.analyze(request, photo.data, tenant=svc.tenant(who),
+                                 model=svc.settings.model, max_faces=svc.settings.max_faces,
                                  embed=False, min_face=min_face)
     request.state.faces = len(analysis.faces)
     return {"faces": [f.as_dict() for f in analysis.faces], "faces_found": analysis.faces_found,
