@@ -648,10 +648,13 @@ def libpq_here() -> bool:
     return bool(LIBPQ.search(maps)) if maps is not None else "psycopg" in sys.modules
 
 
-def check_this_process() -> Check:
+def check_this_process(database: bool = True) -> Check:
+    """No model runtime here. ``database`` False (PKL mode): libpq may be mapped (the store
+    package imports psycopg) but no connection is ever opened, so it is reported as unused."""
     found = runtimes_here()
     name = "process: this"
-    libpq = "libpq loaded" if libpq_here() else "libpq not loaded"
+    libpq = ("libpq not loaded" if not libpq_here() else "libpq loaded" if database
+             else "no database connection (PKL mode)")
     if found:
         return Check(name, FAIL, f"pid {os.getpid()}: {', '.join(found)} loaded in the API/CLI process "
                      f"({libpq})", "a module imports a model runtime at import time; runtimes belong "
@@ -787,7 +790,7 @@ def run(settings: Settings) -> Iterator[Check]:
             workers_clean = workers.status == OK
             workers_tf = "tensorflow" in workers_runtimes(pool.pids())
             yield workers
-    yield check_this_process()
+    yield check_this_process(database=not uses_pkl(settings.store))
     yield check_tls_and_tensorflow(tls, workers_clean, workers_tf)
 
 

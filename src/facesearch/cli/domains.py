@@ -105,7 +105,7 @@ def domains_set_model(obj: Context, domain: str, model: str, people_dir: Path, y
         previous = dom.model
         with obj.pool(len(items), model) as pool:
             enroll_items(obj, pool, gallery, dom, model, items, report,
-                         f"enrolling {domain} under {model}")
+                         f"enrolling {domain} under {model}", root=people_dir)
         if report.enrolled + report.already_enrolled == 0:
             raise FacesearchError(f"no photo of {people_dir} could be enrolled under {model} ("
                                   f"{len(report.no_face)} without a face, {len(report.unreadable)} "

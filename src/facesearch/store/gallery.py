@@ -91,7 +91,8 @@ class NewFace:
     score: float | None  # the detector's; None for imported faces
     photo_sha256: bytes
     thumbnail: bytes | None = None
-    # Imported faces: where they came from (DeepFace's identity path and its hash of the photo).
+    # Where the photo came from: imported faces keep DeepFace's identity path and its hash of the
+    # photo; faces enrolled from a people folder their path relative to it (no hash).
     source: str | None = None
     source_hash: str | None = None
 
