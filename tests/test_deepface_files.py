@@ -53,10 +53,13 @@ if what == "find":  # DeepFace makes its npz, then writes the same rows as feath
         save(store=store, datastore_path=store.join(sys.argv[4] + "." + fmt), datastore_format=fmt,
              representations=rows)
     out["rows"] = len(rows)
-elif what == "refind":  # find() with refresh_database=True over our export
-    result = DeepFace.find(probe, db_path=db, model_name="Dlib", detector_backend="dlib",
-                           silent=True)
-    out["identity"] = result[0]["identity"].iloc[0]
+elif what in ("refind", "find-as-is"):  # find() over our files, refreshing them or not
+    try:
+        result = DeepFace.find(probe, db_path=db, model_name="Dlib", detector_backend="dlib",
+                               silent=True, refresh_database=what == "refind")
+        out["identity"] = result[0]["identity"].iloc[0]
+    except Exception as exc:
+        out["error"] = type(exc).__name__
 else:  # load each file named on the command line with DeepFace's own loader
     for name in sys.argv[4:]:
         rows = load(store=store, datastore_path=store.join(name), datastore_format=name.rsplit(".")[-1])
@@ -300,3 +303,40 @@ def test_file_names_and_versions() -> None:
     import deepface
 
     assert deepface.__version__ == deepface_files.CURRENT_DEEPFACE
+
+
+def test_deepface_cannot_wreck_a_store_mode_domain(db_path: dict, deepface_home: Path,
+                                                   tmp_path: Path, cli) -> None:
+    home = {"FACESEARCH_HOME": str(tmp_path / "home"), "FACESEARCH_STORE": "deepface"}
+    cli("domains", "create", "store", "--model", DLIB_MODEL, env=home)
+    root = tmp_path / "people"
+    shutil.copytree(db_path["root"], root, ignore=shutil.ignore_patterns("ds_*"))
+    cli("enroll", root, "--domain", "store", env=home)
+    folder = tmp_path / "home" / "pkl" / "store"  # DeepFace's db_path: its datastore and nothing else
+    (datastore,) = folder.iterdir()
+    assert datastore.name == f"{NAME}.npz"
+    before = datastore.read_bytes()
+    person, probe = next(iter(db_path["held_out"].items()))
+    # refresh_database=True (DeepFace's default): no photo in the folder, so DeepFace stops and
+    # leaves the file alone; refresh_database=False uses it as it is.
+    assert deepface(deepface_home, folder, probe, "refind") == {"error": "EmptyDatasource"}
+    assert datastore.read_bytes() == before
+    found = deepface(deepface_home, folder, probe, "find-as-is")
+    assert Path(found["identity"]).parent.name == person
+
+    # A photo dropped into the folder: DeepFace rewrites the file for it, dropping our 12 rows.
+    # facesearch notices, doctor says so, and the copy it last wrote brings them back.
+    (folder / person).mkdir()
+    shutil.copy(probe, folder / person / probe.name)
+    assert Path(deepface(deepface_home, folder, probe, "refind")["identity"]).parent.name == person
+    assert len(deepface_pkl.read_pkl(datastore).faces) == 1
+    checks = {c["check"]: c for c in json.loads(cli("doctor", "--json", check=False,
+                                                    env=home).stdout)}
+    store = checks["store"]
+    assert store["status"] == "warn" and "lost 12 faces" in store["detail"], store
+    last_good = Path(store["detail"].rpartition("last good copy ")[2].split()[0])
+    assert last_good.read_bytes() == before
+    shutil.rmtree(folder / person)
+    shutil.copy(last_good, datastore)
+    people = json.loads(cli("people", "list", "--domain", "store", "--json", env=home).stdout)
+    assert sum(p["faces"] for p in people) == 12

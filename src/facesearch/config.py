@@ -88,9 +88,11 @@ class Settings:
     # The service's admin key; unset: one is generated at first start (see service.auth).
     admin_key: str | None = field(default=None, repr=False)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # Where galleries live: "pgvector" (PostgreSQL) or "pkl" (DeepFace PKL files under home/pkl, no
-    # database at all; see store/pkl.py).
+    # Where galleries live: "pgvector" (PostgreSQL) or "deepface" (alias "pkl": DeepFace's own
+    # datastore files under home/pkl, no database at all; see store/pkl.py), new files in
+    # deepface_format (npz: DeepFace 0.0.102 on; pkl for older DeepFace).
     store: str = "pgvector"
+    deepface_format: str = "npz"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -112,6 +114,7 @@ class Settings:
             admin_key=os.environ.get("FACESEARCH_ADMIN_KEY") or None,
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
             store=(os.environ.get("FACESEARCH_STORE") or "pgvector").strip().lower(),
+            deepface_format=(os.environ.get("FACESEARCH_DEEPFACE_FORMAT") or "npz").strip().lower(),
         )
         if settings.min_face < 20:
             raise SystemExit("error: FACESEARCH_MIN_FACE must be at least 20 (pixels)")

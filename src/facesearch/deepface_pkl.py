@@ -252,24 +252,28 @@ def _matrix(embeddings: list[Any], rows: list[tuple[Any, ...]]) -> np.ndarray:
 
 def read_pkl(path: Path) -> PklContents:
     """Read and check a DeepFace datastore (pkl, npz, feather or parquet: told by its bytes)
-    completely (nothing stored yet): every row must be the
-    same generation and every face the same dimension, with finite numbers not all zero."""
+    completely (nothing stored yet): every row must be the same generation and every face the
+    same dimension, with finite numbers not all zero."""
+    return read_datastore(path.read_bytes(), path)
+
+
+def read_datastore(raw: bytes, path: Path) -> PklContents:
+    """:func:`read_pkl` of a file's bytes already read (``path`` names it in messages)."""
     # The cyclic GC would scan the growing rows again and again while millions of floats and
     # thousands of lists are made (~40 % of the unpickling time of a 25,000-row file); the rows
     # hold no cycles.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _read_pkl(path)
+        return _read_datastore(raw, path)
     finally:
         if enabled:
             gc.enable()
 
 
-def _read_pkl(path: Path) -> PklContents:
+def _read_datastore(raw: bytes, path: Path) -> PklContents:
     from . import deepface_files
 
-    raw = path.read_bytes()
     fmt = deepface_files.sniff(raw)
     if fmt != "pkl":
         contents = _contents(deepface_files.read_rows(raw, fmt, path.name), path)
