@@ -132,10 +132,15 @@ def test_enroll_photos_as_person_rename_and_delete(enrolled: dict, cli, db, lfw:
     result = recognize(cli, photos_of(lfw, "Gerhard_Schroeder")[5])
     assert result["faces"][0]["matches"][0]["person"] == "Gerhard Schröder"
 
-    pid = db.execute("SELECT id FROM people WHERE name = 'Gerhard Schröder'").fetchone()[0]
+    # Ids are numbered per domain: each check names the domain.
+    in_domain = "domain_id = (SELECT id FROM domains WHERE name = %s)"
+    pid = db.execute(f"SELECT id FROM people WHERE {in_domain} AND name = 'Gerhard Schröder'",
+                     (DOMAIN,)).fetchone()[0]
     cli("people", "delete", "--domain", DOMAIN, "Gerhard Schröder")
-    assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
-    assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    assert db.execute(f"SELECT count(*) FROM faces WHERE {in_domain} AND person_id = %s",
+                      (DOMAIN, pid)).fetchone() == (0,)
+    assert db.execute(f"SELECT count(*) FROM people WHERE {in_domain} AND id = %s",
+                      (DOMAIN, pid)).fetchone() == (0,)
     result = recognize(cli, photos_of(lfw, "Gerhard_Schroeder")[5])
     assert all(m["person"] != "Gerhard Schröder" for m in result["faces"][0]["matches"])
 
@@ -274,7 +279,8 @@ def test_faces_list_and_delete(enrolled: dict, cli, db) -> None:
     assert len(faces) == 4
     assert all(f["person"] == person and f["model"] == DEFAULT_MODEL for f in faces)
     cli("faces", "delete", "--domain", DOMAIN, str(faces[0]["id"]))
-    gone = db.execute("SELECT count(*) FROM faces WHERE id = %s", (faces[0]["id"],))
+    gone = db.execute("SELECT count(*) FROM faces WHERE domain_id ="
+                      " (SELECT id FROM domains WHERE name = %s) AND id = %s", (DOMAIN, faces[0]["id"]))
     assert gone.fetchone() == (0,)
     left = json.loads(cli("faces", "list", "--domain", DOMAIN, "--person", person, "--json").stdout)
     assert [f["id"] for f in left] == [f["id"] for f in faces[1:]]

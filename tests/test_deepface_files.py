@@ -115,8 +115,15 @@ def made_by_deepface(deepface_home: Path, db_path: dict) -> dict:
 def test_imports_what_deepface_wrote(made_by_deepface: dict, db_path: dict, fmt: str, cli) -> None:
     file = db_path["root"] / f"{NAME}.{fmt}"
     domain = f"df-{fmt}"
-    s = json.loads(cli("import-deepface", file, "--domain", domain, "--json").stdout)
+    calibrate = "--calibrate" if fmt == "npz" else "--no-calibrate"
+    s = json.loads(cli("import-deepface", file, "--domain", domain, "--json", calibrate).stdout)
     assert (s["format"], s["model"], s["rows"], s["imported"]) == (fmt, DLIB_MODEL, 12, 12)
+    if fmt == "npz":  # the photos are where the file says: some embedded by facesearch too
+        cal = s["calibration"]
+        assert cal["photos"] == 12 and 0 < cal["offset_median"] <= cal["offset_p90"] < 0.2, cal
+        assert cal["model_threshold"] <= cal["threshold"] <= cal["model_threshold"] + cal["offset_median"]
+    else:
+        assert "calibration" not in s
     assert (s["detector"], s["aligned"], s["normalization"], s["expand"]) == ("dlib", True, "base", 0)
     # Our query embeddings against DeepFace's gallery: the nearest person is the right one.
     people, probes = zip(*db_path["held_out"].items(), strict=True)

@@ -83,9 +83,11 @@ def test_domains_people_and_faces(gallery: BlockingGallery, db: psycopg.Connecti
 
     # Deleting a person deletes its faces, checked in SQL.
     assert gallery.delete_person(dom, "Ana Novak") == 2
-    count = db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone()
+    count = db.execute("SELECT count(*) FROM faces WHERE domain_id = %s AND person_id = %s",
+                       (dom.id, pid)).fetchone()
     assert count == (0,)
-    assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM people WHERE domain_id = %s AND id = %s",
+                      (dom.id, pid)).fetchone() == (0,)
     gallery.purge(dom)
 
     face = gallery.list_faces(dom, "person 1")[0]
@@ -317,11 +319,15 @@ def test_search_many_queries_and_candidates(big_gallery) -> None:
 
 
 def test_person_ids_stay_in_their_domain(gallery: BlockingGallery, db: psycopg.Connection) -> None:
-    """A person id is global, so each operation by id must check the domain: an id of domain B
-    asked through domain A is NotFound, and B's person is left untouched."""
+    """Person ids are numbered per domain (each domain's first person is 1), so each operation by
+    id must check the domain: an id only domain B has, asked through domain A, is NotFound, and B's
+    person is left untouched."""
     a = gallery.create_domain("store-ids-a", model=MODEL)
     b = gallery.create_domain("store-ids-b", model=MODEL)
+    first_b = gallery.create_person(b, "Bo")
+    assert (gallery.create_person(a, "Ann").id, first_b.id) == (1, 1)
     bea = gallery.create_person(b, "Bea", {"team": "b"})
+    assert bea.id == 2
     emb = np.eye(DIM, dtype=np.float32)[1]
     gallery.add_faces(b, MODEL, [NewFace(bea.id, emb, (0, 0, 1, 1), 1.0, b"\3" * 32)])
     for call in (lambda: gallery.get_person(a, bea.id),
@@ -335,7 +341,8 @@ def test_person_ids_stay_in_their_domain(gallery: BlockingGallery, db: psycopg.C
     with pytest.raises(NotFound, match="no person named 'Bea'"):
         gallery.get_person(a, "Bea")
     assert gallery.get_person(b, bea.id) == dataclasses.replace(bea, faces=1)
-    assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (bea.id,)).fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM faces WHERE domain_id = %s AND person_id = %s",
+                      (b.id, bea.id)).fetchone() == (1,)
 
     # By id in its own domain: the same person as by name; updates return the updated person.
     assert gallery.get_person(b, "Bea") == gallery.get_person(b, bea.id)
@@ -368,7 +375,8 @@ def test_create_and_count_people(gallery: BlockingGallery) -> None:
     page = gallery.list_people(dom, limit=3, offset=3)
     assert [p.name for p in page] == ["extra 1", "extra 2", "extra 3"]
     other = gallery.create_domain("store-people-2", model=MODEL)
-    assert gallery.create_person(other, "Ana Novak").id != ana.id  # names are per domain
+    # Names and ids are per domain: the other domain's first person is its number 1 too.
+    assert gallery.create_person(other, "Ana Novak").id == ana.id == 1
     assert gallery.count_people(other) == 1
     gallery.delete_domain("store-people")
     gallery.delete_domain("store-people-2")

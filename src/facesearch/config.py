@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def usable_model(name: str) -> str:
     return name
 
 
+# The shortest admin key accepted: it reaches every domain, so it must not be guessable.
+MIN_ADMIN_KEY = 32
+
+
 def _env_number(name: str, default: float, kind: type = int) -> float:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -60,6 +65,15 @@ def _env_flag(name: str, default: bool) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise SystemExit(f"error: {name} must be 1 or 0 (true/false, yes/no, on/off), not {value!r}")
+
+
+def private_home(home: Path) -> None:
+    """Keep what facesearch writes to its own user, whatever the umask: from now on this process
+    (and what it starts: model workers, the embedded PostgreSQL) creates files and directories
+    without group or other permissions, and the data directory, if new, is created 0700."""
+    os.umask(os.umask(0o077) | 0o077)
+    with suppress(OSError):  # unwritable: whatever writes there first says so, with the path
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,20 @@ class Settings:
     # deepface_format (npz: DeepFace 0.0.102 on; pkl for older DeepFace).
     store: str = "pgvector"
     deepface_format: str = "npz"
+    # Retention of unknown faces (domains with keep_unknown): at most this many per domain, none
+    # older than this many days; the oldest go first. 5,000 keeps a full re-cluster near 100 MB.
+    unknown_max_faces: int = 5000
+    unknown_max_days: float = 90.0
+    # Abuse limits (service/guard.py, service/bounded.py, service/connections.py; README "Limits").
+    max_json: int = 64 * 1024  # bytes per JSON request body (photos have max_upload)
+    max_metadata: int = 16 * 1024  # bytes of a person's metadata, as JSON
+    max_page: int = 2 * 1024 * 1024  # bytes of people's JSON in one list page (rows: ?limit)
+    auth_failures: str = "20/minute"  # failed key attempts per client address (limits' notation)
+    key_rate: str | None = None  # requests per key, e.g. "600/minute"; None: unlimited
+    rate_storage: str = "memory://"  # where the counters live (limits' storage URI)
+    header_timeout: float = 10.0  # seconds to send a request's headers
+    body_timeout: float = 60.0  # seconds to send a request's body
+    max_connections: int = 1000  # open connections; over it new requests get 503
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -115,7 +143,24 @@ class Settings:
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
             store=(os.environ.get("FACESEARCH_STORE") or "pgvector").strip().lower(),
             deepface_format=(os.environ.get("FACESEARCH_DEEPFACE_FORMAT") or "npz").strip().lower(),
+            unknown_max_faces=int(_env_number("FACESEARCH_UNKNOWN_MAX_FACES", 5000)),
+            unknown_max_days=float(_env_number("FACESEARCH_UNKNOWN_MAX_DAYS", 90.0, float)),
+            max_json=int(_env_number("FACESEARCH_MAX_JSON_KB", 64, float) * 1024),
+            max_metadata=int(_env_number("FACESEARCH_MAX_METADATA_KB", 16, float) * 1024),
+            max_page=int(_env_number("FACESEARCH_MAX_PAGE_MB", 2, float) * 1024 * 1024),
+            auth_failures=os.environ.get("FACESEARCH_AUTH_FAILURES") or "20/minute",
+            key_rate=os.environ.get("FACESEARCH_KEY_RATE") or None,
+            rate_storage=os.environ.get("FACESEARCH_RATE_STORAGE") or "memory://",
+            header_timeout=_env_number("FACESEARCH_HEADER_TIMEOUT", 10.0, float),
+            body_timeout=_env_number("FACESEARCH_BODY_TIMEOUT", 60.0, float),
+            max_connections=int(_env_number("FACESEARCH_MAX_CONNECTIONS", 1000)),
         )
+        if settings.admin_key is not None and len(settings.admin_key) < MIN_ADMIN_KEY:
+            raise SystemExit(
+                f"error: FACESEARCH_ADMIN_KEY is {len(settings.admin_key)} characters; it must be at "
+                f"least {MIN_ADMIN_KEY} (a short key can be guessed): use a random one, e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))', or unset it to have "
+                "one generated")
         if settings.min_face < 20:
             raise SystemExit("error: FACESEARCH_MIN_FACE must be at least 20 (pixels)")
         given = {k: v for k, v in overrides.items() if v is not None}

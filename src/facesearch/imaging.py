@@ -1,6 +1,8 @@
 """Turn uploaded bytes into an RGB pixel array, refusing anything that is not a sane photo.
 
-Pure Pillow + NumPy: safe to import in any process (no model runtime, no libpq).
+Pure Pillow + NumPy (+ pillow-heif for HEIC): safe to import in any process (no model runtime, no
+libpq). Photos are decoded in the model workers, where every upload of the CLI, the API and the
+page is read.
 """
 
 from __future__ import annotations
@@ -13,8 +15,32 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageTooLarge, InvalidImage, UnsupportedImage
 
-# Pillow's JPEG reader also opens MPO (JPEG with extra frames, as many cameras write).
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Pillow's JPEG reader also opens MPO (JPEG with extra frames, as many cameras write). AVIF is
+# Pillow's own (libavif in its wheels, Pillow >= 11.2); HEIF (HEIC, phones' default) comes from
+# pillow-heif, registered at first use (its libraries are loaded only by a process that decodes).
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF", "HEIF")
+SUPPORTED = "a JPEG, PNG, WebP, HEIC/HEIF, AVIF, BMP, TIFF or GIF photo"
+
+_heif_registered = False
+# ISO-BMFF brands of HEIF/HEIC and AVIF files (the "ftyp" box that opens them).
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif",
+                b"avis"}
+
+
+def _is_heif_container(data: bytes) -> bool:
+    """An HEIF/AVIF file by its first box, even when too truncated for any decoder to open."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+def _register_heif() -> None:
+    """Teach Pillow HEIF/HEIC. libheif applies the file's rotation and mirroring itself (and
+    pillow-heif resets the EXIF orientation to match), so exif_transpose never turns it twice."""
+    global _heif_registered
+    if not _heif_registered:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        _heif_registered = True
 
 # Pillow's own bomb check is a warning up to 2x its limit; we check the header size ourselves, so
 # silence it and keep its hard error as a second line of defence for sizes far beyond ours.
@@ -29,15 +55,16 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     Raises :class:`UnsupportedImage`, :class:`InvalidImage` or :class:`ImageTooLarge`.
     """
     if not data:
-        raise UnsupportedImage("the file is empty: send a JPEG, PNG, WebP, BMP, TIFF or GIF photo")
+        raise UnsupportedImage(f"the file is empty: send {SUPPORTED}")
+    _register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise UnsupportedImage(
-            "not a supported image: send a JPEG, PNG, WebP, BMP, TIFF or GIF photo"
-        ) from None
+        if _is_heif_container(data):  # a phone photo cut short: corrupt, not of an unknown kind
+            raise InvalidImage("the HEIC/AVIF image is truncated or corrupt") from None
+        raise UnsupportedImage(f"not a supported image: send {SUPPORTED}") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # Pillow raises many types for malformed headers

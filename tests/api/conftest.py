@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-ADMIN_KEY = "fsa_test_" + secrets.token_urlsafe(16)
+# At least 32 characters: the server refuses a shorter FACESEARCH_ADMIN_KEY.
+ADMIN_KEY = "fsa_test_" + secrets.token_urlsafe(24)
 # A PostgreSQL URL nothing answers (port 1): given to PKL-mode processes, which must not use it.
 UNREACHABLE_DB = "postgresql://facesearch@127.0.0.1:1/none?connect_timeout=1"
 

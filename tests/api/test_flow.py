@@ -213,8 +213,10 @@ def test_delete_person_removes_biometric_data(flow: dict, request: pytest.Fixtur
     assert deleted.status_code == 200 and deleted.json()["name"] == name
     if flow["store"] == "pgvector":
         db = request.getfixturevalue("db")
-        assert db.execute("SELECT count(*) FROM faces WHERE person_id = %s", (pid,)).fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM people WHERE id = %s", (pid,)).fetchone() == (0,)
+        for table, column in (("faces", "person_id"), ("people", "id")):  # ids are per domain
+            assert db.execute(f"SELECT count(*) FROM {table} WHERE domain_id ="
+                              f" (SELECT id FROM domains WHERE name = %s) AND {column} = %s",
+                              (DOMAIN, pid)).fetchone() == (0,)
     else:  # PKL mode: their rows are gone from the DeepFace file, they from the sidecar
         folder = flow["server"].home / "pkl" / DOMAIN
         (datastore,) = folder.glob("ds_model_*.npz")  # DeepFace's current format
@@ -249,7 +251,9 @@ def test_domain_counts_metrics_and_logs(flow: dict) -> None:
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     requests = [x for x in lines if x.get("event") == "request"]
     recognized = [x for x in requests if x["route"] == "/v1/domains/{domain}/recognize"]
-    assert all(x.get("domain") for x in recognized)
+    # Every request that got past the key check logs its domain (other tests of the session's
+    # server send some with no or another domain's key).
+    assert all(x.get("domain") for x in recognized if x["status"] not in (401, 403, 429))
     ours = [x for x in recognized if x["domain"] == DOMAIN and x["status"] == 200]
     assert len(ours) >= len(flow["held_out"])
     assert {"status", "ms", "faces", "timings_ms", "id"} <= set(ours[-1])

@@ -26,7 +26,7 @@ def tenants(server, lfw: Path) -> dict:
                         files=[("photo", jpeg(p)) for p in photos[:2]], params={"face": "largest"})
         assert r.status_code == 201, r.text
         out[dom] = {"client": client, "key": key, "person": r.json()["person"]["id"],
-                    "probe": photos[2]}
+                    "name": name, "probe": photos[2]}
     # B's person enrolled in A too, under another name: A's answers must still come only from A.
     photos = photos_of(lfw, b)
     r = out["iso-a"]["client"].post("/v1/domains/iso-a/enroll", data={"name": "Decoy"},
@@ -68,9 +68,12 @@ def test_a_domain_key_gets_nothing_of_another_domain(tenants: dict) -> None:
     assert_error(a.post("/v1/domains", json={"name": "x"}), 403)
     assert_error(a.get("/v1/domains/iso-a/keys"), 403)
     assert_error(a.delete("/v1/domains/iso-a"), 403)
-    # A's ids of B's person through A's own domain: not found, B untouched.
-    assert_error(a.get(f"/v1/domains/iso-a/people/{b_person}"), 404, "not_found")
-    assert_error(a.delete(f"/v1/domains/iso-a/people/{b_person}"), 404, "not_found")
+    # Ids are numbered per domain: B's person's id through A's own domain is A's person of that
+    # number (or none), never B's; an id A lacks is not found; B is untouched.
+    mine = a.get(f"/v1/domains/iso-a/people/{b_person}")
+    assert mine.status_code == 404 or mine.json()["name"] != tenants["iso-b"]["name"]
+    assert_error(a.get("/v1/domains/iso-a/people/999999"), 404, "not_found")
+    assert_error(a.delete("/v1/domains/iso-a/people/999999"), 404, "not_found")
     b = tenants["iso-b"]["client"]
     assert b.get(f"/v1/domains/iso-b/people/{b_person}").status_code == 200
 
@@ -80,9 +83,10 @@ def test_search_stays_in_its_domain(tenants: dict) -> None:
     in_a = tenants["iso-a"]["client"].post("/v1/domains/iso-a/recognize",
                                            files={"photo": jpeg(probe)}, params={"threshold": 2})
     assert in_a.status_code == 200
-    ids = {m["person_id"] for f in in_a.json()["faces"] for m in f["matches"]}
-    assert tenants["iso-b"]["person"] not in ids
-    assert ids <= {tenants["iso-a"]["person"], tenants["decoy"]}
+    matches = [m for f in in_a.json()["faces"] for m in f["matches"]]
+    # B's person is in A only as "Decoy" (ids are per domain, so B's id says nothing here).
+    assert {m["name"] for m in matches} <= {tenants["iso-a"]["name"], "Decoy"}
+    assert {m["person_id"] for m in matches} <= {tenants["iso-a"]["person"], tenants["decoy"]}
     in_b = tenants["iso-b"]["client"].post("/v1/domains/iso-b/recognize", files={"photo": jpeg(probe)})
     assert in_b.json()["faces"][0]["matches"][0]["person_id"] == tenants["iso-b"]["person"]
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from ..conftest import photos_of
-from .conftest import ADMIN_KEY, jpeg, pick_people
+from .conftest import ADMIN_KEY, jpeg, pick_people, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -205,6 +205,81 @@ def test_recognize_shows_boxes_names_and_timings(page, enrolled: dict[str, int],
         page.set_viewport_size({"width": 1100, "height": 850})
 
 
+def test_threshold_and_matches_per_face(page, enrolled: dict[str, int],
+                                        people: dict[str, list[Path]]) -> None:
+    """The recognize view shows the domain's default threshold; a stricter one typed in, or
+    fewer matches per face, recognizes the photo again with them."""
+    first, second = enrolled
+    page.get_by_role("link", name="Recognize").click()
+    default = page.locator("#recognize-threshold").get_attribute("placeholder")
+    assert float(default) > 0.1
+    expect(page.locator("#recognize-threshold-hint")).to_contain_text(f"Domain default {default}")
+    page.locator("#recognize-file").set_input_files(files=[{
+        "name": "two.jpg", "mimeType": "image/jpeg",
+        "buffer": collage(people[first][3], people[second][3])}])
+    expect(page.locator("#recognize-status")).to_contain_text(f"2 recognized. Model sface-2021dec, "
+                                                              f"threshold {default}")
+    expect(page.locator("#recognize-notice")).to_be_hidden()  # both faces were matched
+    # Fewer matches per face: each face's list has one (two people are enrolled).
+    page.get_by_label("Matches per face").fill("1")
+    page.get_by_label("Matches per face").press("Enter")
+    page.get_by_label("Matches per face").blur()
+    expect(page.locator("#recognize-boxes .box").first.locator(".popup li")).to_have_count(1)
+    # A threshold nobody is under: both unknown, and the answer says which threshold it used.
+    page.get_by_label("Threshold").fill("0.01")
+    page.get_by_label("Threshold").blur()
+    expect(page.locator("#recognize-status")).to_contain_text("0 recognized. Model sface-2021dec, "
+                                                              "threshold 0.01")
+    expect(page.locator("#recognize-boxes .box.unknown")).to_have_count(2)
+    page.get_by_label("Threshold").fill("")  # back to the domain's default
+    page.get_by_label("Matches per face").fill("5")
+    page.get_by_label("Matches per face").blur()
+    expect(page.locator("#recognize-status")).to_contain_text("2 recognized")
+
+
+def test_phone_photo(page, enrolled: dict[str, int], people: dict[str, list[Path]]) -> None:
+    """An HEIC photo (made here from the held-out LFW photo) is recognized through the page;
+    Chromium cannot show HEIC, so the boxes are drawn on the photo's outline and the page says so."""
+    from facesearch.imaging import _register_heif
+
+    _register_heif()
+    first, _ = enrolled
+    buf = io.BytesIO()
+    Image.open(people[first][3]).convert("RGB").save(buf, "HEIF", quality=90)
+    page.get_by_role("link", name="Recognize").click()
+    drop(page, "#recognize-drop", [("held-out.heic", buf.getvalue())])
+    expect(page.locator("#recognize-boxes .box .name")).to_have_text(first)
+    expect(page.locator("#recognize-status")).to_contain_text("1 face found, 1 recognized")
+
+
+def test_more_faces_than_processed_is_noticed(browser, server, home: Path, seen: dict,
+                                              enrolled: dict[str, int], people: dict[str, list[Path]],
+                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A second replica on the same database that matches 1 face per photo
+    (FACESEARCH_MAX_FACES=1): the page says a photo of two had one face left out."""
+    first, second = enrolled
+    key = server.admin.post(f"/v1/domains/{DOMAIN}/keys", json={"name": "replica"}).json()["key"]
+    log = tmp_path_factory.mktemp("replica") / "server.log"
+    replica = start_server(home, log, "--workers", "1", env={"FACESEARCH_MAX_FACES": "1"})
+    try:
+        page = new_page(browser, {**seen, "origin": replica.base})
+        page.goto(replica.base + "/#/recognize")
+        page.get_by_label("API key").fill(key)
+        page.get_by_label("API key").press("Enter")
+        expect(page.locator("#session-domain")).to_have_text(DOMAIN)
+        page.goto(replica.base + "/#/recognize")
+        page.locator("#recognize-file").set_input_files(files=[{
+            "name": "two.jpg", "mimeType": "image/jpeg",
+            "buffer": collage(people[first][3], people[second][3])}])
+        notice = page.get_by_role("note")
+        expect(notice).to_have_text("This photo has 2 faces: only the 1 largest were matched (the "
+                                    "server's limit, FACESEARCH_MAX_FACES).")
+        expect(page.locator("#recognize-boxes .box")).to_have_count(1)
+        page.context.close()
+    finally:
+        replica.stop()
+
+
 def test_errors_read_as_messages(page, enrolled: dict[str, int], people: dict[str, list[Path]]) -> None:
     first, second = enrolled
     page.get_by_role("link", name="Recognize").click()
@@ -229,7 +304,9 @@ def test_errors_read_as_messages(page, enrolled: dict[str, int], people: dict[st
 def test_rename_and_delete_a_face(page, enrolled: dict[str, int], server) -> None:
     first, _ = enrolled
     page.goto(f"{page.url.split('#')[0]}#/people/{enrolled[first]}")
-    page.get_by_label("Name", exact=True).fill(f"{first} (renamed)")
+    name = page.get_by_label("Name", exact=True)
+    expect(name).to_have_value(first)  # the view rendered: a late render would undo the edit
+    name.fill(f"{first} (renamed)")
     page.get_by_role("button", name="Rename").click()
     expect(page.get_by_role("heading", name=f"{first} (renamed)")).to_be_visible()
     face = page.locator("#faces-list .face-card").first
@@ -260,19 +337,20 @@ def test_delete_a_person_with_confirmation(page, enrolled: dict[str, int], serve
 
 
 def test_domain_key_at_phone_width(browser, server, seen: dict, enrolled: dict[str, int]) -> None:
-    """A domain key cannot list domains: its holder types the domain's name, which the tab
-    remembers. The page fits a phone's width."""
+    """A domain key's holder is taken to its domain (GET /v1/whoami), with no domain to type or
+    change. The page fits a phone's width."""
     key = server.admin.post(f"/v1/domains/{DOMAIN}/keys", json={"name": "web"}).json()["key"]
     page = new_page(browser, seen, viewport={"width": 375, "height": 740}, is_mobile=True)
     page.goto(server.base)
     page.get_by_label("API key").fill(key)
     page.get_by_label("API key").press("Enter")
-    page.get_by_label("Your key's domain").fill("api-flow")
-    page.get_by_role("button", name="Open").click()
-    expect(page.get_by_role("alert")).to_contain_text("this API key belongs to another domain")
-    page.get_by_label("Your key's domain").fill(DOMAIN)
-    page.get_by_role("button", name="Open").click()
+    expect(page.locator("#session-domain")).to_have_text(DOMAIN)
+    expect(page.get_by_role("heading", name="Recognize")).to_be_visible()
+    expect(page.locator("#change-domain")).to_be_hidden()
+    page.get_by_role("link", name="People", exact=True).click()
     expect(page.locator("#people-list .person-card")).to_have_count(1)
+    page.goto(server.base + "/#/domain")  # no domain list for this key: back to its own
+    expect(page.get_by_role("heading", name="People")).to_be_visible()
     page.reload()  # still signed in, in the same domain (sessionStorage)
     expect(page.locator("#people-list .person-card")).to_have_count(1)
     for view in ("#/people", "#/recognize", f"#/people/{next(iter(enrolled.values()))}"):

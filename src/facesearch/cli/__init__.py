@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .. import __version__
-from ..config import Settings
+from ..config import Settings, private_home
 from ..errors import FacesearchError
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ..models.base import Analysis
     from ..store import BlockingGallery
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic",
+                  ".heif", ".avif"}
 
 
 class Context:
@@ -37,6 +38,7 @@ class Context:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        private_home(settings.home)  # before anything is written there (keys, database, PKL files)
 
     @contextmanager
     def pool(self, photos: int, model: str | None = None, *, warm: bool = False) -> Iterator[ModelPool]:
@@ -146,7 +148,7 @@ def main() -> None:
 
 
 # The commands register themselves on ``cli``.
-from . import deepface, domains, people, photos, service  # noqa: E402
+from . import clusters, deepface, domains, people, photos, service  # noqa: E402
 
-__all__ = ["Context", "cli", "collect_folder", "deepface", "domains", "emit", "main", "people",
-           "photos", "service"]
+__all__ = ["Context", "cli", "clusters", "collect_folder", "deepface", "domains", "emit", "main",
+           "people", "photos", "service"]

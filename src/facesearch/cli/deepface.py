@@ -30,10 +30,16 @@ _DEEPFACE_MODELS = ("VGG-Face, Facenet, Facenet512, OpenFace, DeepFace, DeepID, 
 @click.option("--model", "-m", "model_option", metavar="NAME",
               help=f"The DeepFace model that made FILE ({_DEEPFACE_MODELS}); default: the one FILE's "
                    "name says. Both given must agree.")
+@click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Where the gallery's photos are now (<photos>/<person>/<photo>), if not at the "
+                   "paths the file names: some are embedded by facesearch to set the threshold.")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Measure how far facesearch's embeddings of the gallery's own photos are from "
+                   "DeepFace's, and give the recognize threshold for this gallery.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
 def import_deepface(obj: Context, file: Path, domain: str, model_option: str | None,
-                    as_json: bool) -> None:
+                    photos: Path | None, calibrate: bool, as_json: bool) -> None:
     """Import the embeddings of a DeepFace datastore (the file DeepFace.find keeps in its db_path).
 
     Reads every format DeepFace has written, told by the file's bytes, not its name: npz, feather
@@ -93,6 +99,8 @@ def import_deepface(obj: Context, file: Path, domain: str, model_option: str | N
         "index": "none" if pkl or dim > HNSW_MAX_DIMS else "hnsw",
         "seconds": {"read": round(read - started, 2), "store": round(time.perf_counter() - read, 2)},
     }
+    if calibrate and domain_model == model:
+        report["calibration"] = _calibrate(obj, contents.faces, model, photos)
     if as_json:
         emit(report)
         return
@@ -107,6 +115,9 @@ def import_deepface(obj: Context, file: Path, domain: str, model_option: str | N
         click.echo(f"  domain {domain} recognizes with its model {domain_model}, not {model}: the "
                    f"imported faces are kept but not searched. Import into a new domain (or one "
                    f"without faces) to recognize with them", err=True)
+    cal = report.get("calibration")
+    if isinstance(cal, dict):
+        click.echo("  " + _calibration_text(cal, domain), err=True)
     if dim > HNSW_MAX_DIMS and not pkl:
         click.echo(f"  no vector index: pgvector's HNSW indexes at most {HNSW_MAX_DIMS} dimensions, so "
                    f"searches of this {dim}-d model compare every face (exact, slower on big domains)",
@@ -114,6 +125,60 @@ def import_deepface(obj: Context, file: Path, domain: str, model_option: str | N
 
 
 cli.add_command(import_deepface, "import-pkl")  # its name before DeepFace left PKL
+
+CALIBRATION_PHOTOS = 200  # gallery photos re-embedded by facesearch, spread over the file
+
+
+def _calibrate(obj: Context, faces: list[PklFace], model: str, photos: Path | None) -> dict:
+    """facesearch's embeddings of some of the gallery's own photos against DeepFace's: the
+    offset between the two pipelines and the threshold it calls for (deepface_calibrate)."""
+    import numpy as np
+
+    from ..deepface_calibrate import MIN_PHOTOS, calibrate
+
+    def where(identity: str) -> Path:
+        parts = identity.replace("\\", "/").split("/")
+        return photos / parts[-2] / parts[-1] if photos is not None else Path(identity)
+
+    found = [(f, where(f.identity)) for f in faces]
+    found = [(f, p) for f, p in found if p.is_file()]
+    threshold = obj.settings.recognize_threshold(model)
+    if len(found) < MIN_PHOTOS:
+        return {"photos": len(found), "threshold": threshold, "skipped":
+                f"only {len(found)} of the gallery's photos are where the file says; give --photos "
+                "DIR (DIR/<person>/<photo>) to calibrate"}
+    sample = found[:: max(1, len(found) // CALIBRATION_PHOTOS)][:CALIBRATION_PHOTOS]
+    theirs, ours = [], []
+    with obj.pool(len(sample), model) as pool:
+        futures = [(f, obj.analyze(pool, p, model=model, largest=True)) for f, p in sample]
+        for f, future in futures:
+            try:
+                analysis = pool.result(future)
+            except FacesearchError:
+                continue
+            if analysis.faces:
+                theirs.append(f.embedding)
+                ours.append(analysis.faces[0].embedding)
+    gallery = np.stack([f.embedding for f in faces])
+    labels = np.array([f.person for f in faces])
+    cal = calibrate(theirs, ours, gallery, labels, threshold)
+    if cal is None:
+        return {"photos": len(ours), "threshold": threshold,
+                "skipped": f"facesearch found a face in only {len(ours)} of {len(sample)} photos"}
+    return {"photos": cal.photos, "offset_median": cal.offset_median, "offset_p90": cal.offset_p90,
+            "model_threshold": threshold, "threshold": cal.threshold, "capped": cal.capped}
+
+
+def _calibration_text(cal: dict, domain: str) -> str:
+    if "skipped" in cal:
+        return (f"threshold not calibrated ({cal['skipped']}): expect facesearch to name fewer "
+                "faces than DeepFace did; re-enrolling from the photos avoids that")
+    return (f"DeepFace's embeddings of {cal['photos']} of these photos are {cal['offset_median']} "
+            f"(median; 90 % within {cal['offset_p90']}) from facesearch's: the gallery recognizes at "
+            f"threshold {cal['threshold']} instead of {cal['model_threshold']}"
+            + (" (held there to keep strangers out)" if cal["capped"] else "")
+            + ". Re-enrolling from the photos (facesearch set-model / enroll) matches better: "
+            "see the README")
 
 
 def _describe(contents: PklContents) -> str:

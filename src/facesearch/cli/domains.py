@@ -30,7 +30,7 @@ def domains_list(obj: Context, as_json: bool) -> None:
         rows = gallery.list_domains()
     if as_json:
         emit([{"name": d.name, "model": d.model, "people": d.people, "faces": d.faces,
-               "created_at": d.created_at.isoformat()} for d in rows])
+               "created_at": d.created_at.isoformat(), "keep_unknown": d.keep_unknown} for d in rows])
         return
     for d in rows:
         click.echo(f"{d.name}\t{d.model}\t{d.people} people\t{d.faces} faces")
@@ -41,15 +41,22 @@ def domains_list(obj: Context, as_json: bool) -> None:
 @click.option("--model", "-m", metavar="MODEL",
               help="The model its photos are embedded and searched with (default: FACESEARCH_MODEL, "
                    "sface-2021dec unless set).")
+@click.option("--keep-unknown", is_flag=True, help="Keep the faces recognize matches to nobody, to "
+              "cluster and name later (biometric data of people never enrolled).")
 @click.pass_obj
-def domains_create(obj: Context, name: str, model: str | None) -> None:
+def domains_create(obj: Context, name: str, model: str | None, keep_unknown: bool) -> None:
     """Create a domain of a model."""
     from ..config import usable_model
+    from ..store import unknown
 
     model = usable_model(obj.settings.model if model is None else model)
     with obj.gallery() as gallery:
+        if keep_unknown:
+            unknown.require_postgres(gallery.gallery)
         gallery.create_domain(name, model=model)
-    click.echo(f"created domain {name} (model {model})")
+        if keep_unknown:
+            gallery.run(unknown.set_keep_unknown(gallery.gallery, name, True))
+    click.echo(f"created domain {name} (model {model}{', keeps unknown faces' if keep_unknown else ''})")
 
 
 @domains.command("delete")

@@ -51,6 +51,7 @@ def serve(obj: Context, host: str, port: int, model_workers: int | None, log_lev
 
     from ..models import check_model_files
     from ..service.app import create_app
+    from ..service.connections import uvicorn_options
     from ..service.observability import configure_logging
     from ..store import database_url, prepare
     from ..store.pkl import uses_pkl
@@ -72,7 +73,8 @@ def serve(obj: Context, host: str, port: int, model_workers: int | None, log_lev
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_after_drain)
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
-                log_level=log_level, timeout_graceful_shutdown=60, server_header=False)
+                log_level=log_level, timeout_graceful_shutdown=60, server_header=False,
+                **uvicorn_options(settings))  # connection limits and timeouts
 
 
 def _exit_after_drain(signum: int, frame: object) -> None:

@@ -21,15 +21,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..config import Settings
+from ..config import Settings, private_home
 from ..errors import FacesearchError, ModelError
 from ..inference import ModelPool, ModelSpec
 from ..models import check_model_files
 from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
 from .auth import admin_key_digest
+from .bounded import set_metadata_limit
+from .docs import add_api_docs
+from .guard import Guard
 from .observability import Metrics, RequestLog
-from .routes import domains, health, people, photos
+from .openapi import document_api
+from .routes import clusters, domains, health, people, photos, whoami
 from .state import Service
 from .uploads import BodyLimit
 from .web import add_web_page
@@ -54,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db: AsyncConnectionPool | PklStore
+        private_home(settings.home)
         if uses_pkl(settings.store):  # DeepFace PKL files: no database started or contacted
             db = PklStore(settings.home / "pkl", settings.deepface_format)
             await db.open()
@@ -91,13 +96,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await db.close()
             log.info("stopped")
 
+    # No trailing-slash redirects: Starlette's would build the Location from the Host header.
+    # docs_url/redoc_url None: FastAPI's pages load from a CDN; add_api_docs serves them offline.
     app = FastAPI(title="facesearch", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
+    set_metadata_limit(settings.max_metadata)
     _add_error_handlers(app)
-    for module in (domains, people, photos, health):
+    for module in (domains, people, photos, clusters, health, whoami):
         app.include_router(module.router)
     add_web_page(app)
-    app.add_middleware(BodyLimit, limit=settings.max_upload)
+    add_api_docs(app)
+    document_api(app)
+    app.add_middleware(BodyLimit, limit=settings.max_upload, json_limit=settings.max_json)
+    app.add_middleware(Guard, settings=settings)  # the key, before the body
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: sees every response, 413s too
     return app
 
@@ -132,8 +143,12 @@ def error_response(request: Request, status: int, code: str, message: str,
     error: dict = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
-    return JSONResponse({"error": error}, status_code=status)
+    # A 503 is temporary (database or model workers): clients may retry after a second.
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
+
+RETRY_AFTER = "1"  # seconds
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "upload_too_large", 415: "unsupported_media_type"}

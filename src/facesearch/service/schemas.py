@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .bounded import Metadata
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["no_face"])
@@ -26,6 +28,9 @@ class DomainCreate(BaseModel):
         "The model its faces are embedded and searched with; default: the server's "
         "FACESEARCH_MODEL. Photos are not kept, so changing it later means enrolling them again "
         "(facesearch domains set-model)."))
+    keep_unknown: bool = Field(False, description=(
+        "Keep faces recognize matches to nobody, to cluster and name later: biometric data of "
+        "people never enrolled (README, 'Unknown faces')."))
 
 
 class DomainOut(BaseModel):
@@ -34,6 +39,10 @@ class DomainOut(BaseModel):
     people: int
     faces: int
     created_at: datetime
+    keep_unknown: bool = False
+    threshold: float | None = Field(None, description=(
+        "The recognize threshold by default for the domain's model (a request's ?threshold= "
+        "overrides it)."))
 
 
 class DomainList(BaseModel):
@@ -62,12 +71,13 @@ class KeyList(BaseModel):
 
 class PersonCreate(BaseModel):
     name: str = Field(examples=["Ana Novak"])
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict, description=(
+        "A JSON object: at most FACESEARCH_MAX_METADATA_KB (16 KB), 8 levels, 256 keys."))
 
 
 class PersonUpdate(BaseModel):
     name: str | None = None
-    metadata: dict[str, Any] | None = Field(None, description="Replaces the stored metadata.")
+    metadata: Metadata | None = Field(None, description="Replaces the stored metadata.")
 
 
 class PersonOut(BaseModel):
@@ -85,6 +95,9 @@ class PeoplePage(BaseModel):
     total: int
     limit: int
     offset: int
+    next_offset: int | None = Field(None, description=(
+        "The offset of the next page, null after the last. A page stops early when its people's "
+        "JSON reaches FACESEARCH_MAX_PAGE_MB: page on from here, not from offset + limit."))
 
 
 class Box(BaseModel):
@@ -142,6 +155,8 @@ class MatchOut(BaseModel):
 
 class RecognizedFace(DetectedFace):
     matches: list[MatchOut] = Field(description="Best first; empty when nobody is under the threshold.")
+    unassigned_face_id: int | None = Field(None, description=(
+        "Matched nobody and kept (the domain's keep_unknown): its id among the unassigned faces."))
 
 
 class ImageSize(BaseModel):

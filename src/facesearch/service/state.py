@@ -69,7 +69,11 @@ ServiceDep = Annotated[Service, Depends(service)]
 
 
 async def caller(request: Request, svc: ServiceDep) -> Caller:
-    """Authenticate the request's key: the admin key, or an active domain key."""
+    """Authenticate the request's key: the admin key, or an active domain key. Done already by
+    the Guard middleware, before the body was read (service/guard.py)."""
+    done = getattr(request.state, "caller", None)
+    if isinstance(done, Caller):
+        return done
     key = presented_key(request)
     if is_admin(key, svc.admin_digest):
         return Caller(admin=True)

@@ -54,24 +54,34 @@ def too_large_message(limit: int) -> str:
             "(or raise FACESEARCH_MAX_UPLOAD_MB on the server)")
 
 
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whether announced by Content-Length or
-    streamed. The rest of the body is read and discarded first, so the client sees the 413 rather
-    than a connection reset mid-upload."""
+def json_too_large_message(limit: int) -> str:
+    return (f"the request body is over the {limit / 1024:g} KB limit of JSON requests (photos go "
+            "to the upload routes; FACESEARCH_MAX_JSON_KB raises it)")
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 (``json_limit`` on routes that take no
+    photos, as the Guard middleware marks them), whether announced by Content-Length or streamed.
+    The rest of the body is read and discarded first, so the client sees the 413 rather than a
+    connection reset mid-upload."""
+
+    def __init__(self, app: ASGIApp, limit: int, json_limit: int | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = limit
+        self.json_limit = limit if json_limit is None else json_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope.get("facesearch.upload", True)
+        limit = self.upload_limit if upload else self.json_limit
+        message_text = too_large_message(limit) if upload else json_too_large_message(limit)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await _drain(receive, DRAIN_LIMIT)
             response = JSONResponse(
-                {"error": {"code": UploadTooLarge.code, "message": too_large_message(self.limit)}},
+                {"error": {"code": UploadTooLarge.code, "message": message_text}},
                 status_code=413, headers={"Connection": "close"})
             await response(scope, receive, send)
             return
@@ -82,10 +92,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     if message.get("more_body"):
                         await _drain(receive, DRAIN_LIMIT)
-                    raise UploadTooLarge(too_large_message(self.limit))
+                    raise UploadTooLarge(message_text)
             return message
 
         await self.app(scope, limited, send)

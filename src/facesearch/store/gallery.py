@@ -59,6 +59,7 @@ class Domain:
     id: int
     name: str
     model: str  # what its enrollments embed with and its searches compare under
+    keep_unknown: bool = False  # keeps the faces recognize matched to nobody (store/unknown.py)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class DomainInfo:
     faces: int
     created_at: datetime
     model: str
+    keep_unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,14 @@ def _no_person(domain: Domain, column: str, value: int | str) -> NotFound:
     return NotFound(f"no person {what} in domain {domain.name!r}")
 
 
+def _literal_like(text: str | None) -> str | None:
+    """``text`` for a LIKE pattern that matches it literally: ``%``, ``_`` and the escape
+    character ``\\`` (PostgreSQL's default ESCAPE) escaped."""
+    if text is None:
+        return None
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _key_name(name: str) -> str:
     if isinstance(name, str):
         name = name.strip()
@@ -200,12 +210,12 @@ _PERSON = ("p.id, p.name, (SELECT count(*) FROM faces f WHERE f.domain_id = %(do
 _PEOPLE_WHERE = ("p.domain_id = %(domain)s"
                  " AND (%(search)s::text IS NULL OR p.name ILIKE '%%' || %(search)s || '%%')")
 _DOMAIN_INFO = ("SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id = d.id),"
-                " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model"
-                " FROM domains d")
+                " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model,"
+                " d.keep_unknown FROM domains d")
 _KEY = "id, name, prefix, created_at, last_used_at"
 # add_faces' binary COPY columns, in order.
-_NEW_FACE_TYPES = ["integer", "bigint", "bigint", "smallint", "vector", "integer", "integer", "integer",
-                   "integer", "real", "bytea", "bytea", "text", "text"]
+_NEW_FACE_TYPES = ["integer", "bigint", "bigint", "bigint", "smallint", "vector", "integer", "integer",
+                   "integer", "integer", "real", "bytea", "bytea", "text", "text"]
 
 
 class Gallery:
@@ -246,7 +256,7 @@ class Gallery:
     # -- domains ---------------------------------------------------------------------------------
 
     async def get_domain(self, name: str) -> Domain:
-        row = await self._one("SELECT id, name, model FROM domains WHERE name = %s",
+        row = await self._one("SELECT id, name, model, keep_unknown FROM domains WHERE name = %s",
                               (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
@@ -273,7 +283,8 @@ class Gallery:
         """Switch a domain to another model: from now on it enrolls and searches with ``model``.
         Its faces of other models stay (unsearched) until :meth:`delete_model_faces`."""
         model_dim(model)
-        row = await self._one("UPDATE domains SET model = %s WHERE name = %s RETURNING id, name, model",
+        row = await self._one("UPDATE domains SET model = %s WHERE name = %s"
+                              " RETURNING id, name, model, keep_unknown",
                               (model, names.domain_name(name)))
         if row is None:
             raise NotFound(f"unknown domain {name!r}")
@@ -309,26 +320,37 @@ class Gallery:
         """The id of a person of this domain, by id or name (NotFound if not in *this* domain);
         with ``create``, a name is created if missing."""
         column, value = _person_key(person)
-        if create and column == "name":
+        row = await self._one(f"SELECT id FROM people WHERE domain_id = %s AND {column} = %s",
+                              (domain.id, value))
+        if row is None and create and column == "name":
+            # Looked up first: an insert that conflicts would still use up one of the domain's ids.
             row = await self._one(
                 "INSERT INTO people (domain_id, name) VALUES (%s, %s)"
                 " ON CONFLICT (domain_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
                 (domain.id, value))
-        else:
-            row = await self._one(f"SELECT id FROM people WHERE domain_id = %s AND {column} = %s",
-                                  (domain.id, value))
         if row is None:
             raise _no_person(domain, column, value)
         return row[0]
 
     async def ensure_people(self, domain: Domain, people: Iterable[str]) -> dict[str, int]:
-        """Ids of these people, creating the missing ones in one statement."""
+        """Ids of these people, creating the missing ones in one statement (their ids reserved
+        from the domain's counter at once, not one counter update per person)."""
         wanted = sorted({names.person_name(p) for p in people})
-        rows = await self._all(
-            "INSERT INTO people (domain_id, name) SELECT %s, unnest(%s::text[])"
-            " ON CONFLICT (domain_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING name, id",
-            (domain.id, wanted))
-        return dict(rows)
+        found = dict(await self._all(
+            "SELECT name, id FROM people WHERE domain_id = %s AND name = ANY(%s::text[])",
+            (domain.id, wanted)))
+        missing = [n for n in wanted if n not in found]
+        if missing:
+            rows = await self._all(
+                "WITH r AS (UPDATE domains SET next_person_id = next_person_id + %(n)s"
+                "   WHERE id = %(domain)s RETURNING next_person_id - %(n)s AS first)"
+                " INSERT INTO people (domain_id, id, name)"
+                " SELECT %(domain)s, r.first + t.i - 1, t.name"
+                " FROM r, unnest(%(names)s::text[]) WITH ORDINALITY AS t(name, i)"
+                " ON CONFLICT (domain_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING name, id",
+                {"domain": domain.id, "n": len(missing), "names": missing})
+            found.update(rows)
+        return found
 
     async def create_person(self, domain: Domain, name: str, metadata: dict | None = None) -> Person:
         name = names.person_name(name)
@@ -356,13 +378,13 @@ class Gallery:
         rows = await self._all(
             f"SELECT {_PERSON} FROM people p WHERE {_PEOPLE_WHERE}"
             " ORDER BY p.name LIMIT %(limit)s OFFSET %(offset)s",
-            {"domain": domain.id, "search": search, "limit": limit, "offset": offset})
+            {"domain": domain.id, "search": _literal_like(search), "limit": limit, "offset": offset})
         return [Person(*r) for r in rows]
 
     async def count_people(self, domain: Domain, search: str | None = None) -> int:
         """How many people :meth:`list_people` would list without a limit."""
         row = await self._one(f"SELECT count(*) FROM people p WHERE {_PEOPLE_WHERE}",
-                              {"domain": domain.id, "search": search})
+                              {"domain": domain.id, "search": _literal_like(search)})
         return row[0]
 
     async def _update_person(self, domain: Domain, person: int | str, assignment: str,
@@ -394,7 +416,8 @@ class Gallery:
             cur = await self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND person_id = %s",
                                           (domain.id, pid))
             faces = cur.rowcount
-            await self.conn.execute("DELETE FROM people WHERE id = %s", (pid,))
+            await self.conn.execute("DELETE FROM people WHERE domain_id = %s AND id = %s",
+                                    (domain.id, pid))
         return faces
 
     async def purge(self, domain: Domain) -> None:
@@ -424,6 +447,11 @@ class Gallery:
         for f in faces:
             if f.embedding.shape != (dim,) or not np.all(np.isfinite(f.embedding)):
                 raise ValueError(f"embedding must be {dim} finite numbers for model {model!r}")
+        # Reserved before the transaction, so the domain's row is locked for this one statement,
+        # not while the faces are written (ids a failed write leaves unused are simply skipped).
+        first = (await self._one(
+            "UPDATE domains SET next_face_id = next_face_id + %(n)s WHERE id = %(domain)s"
+            " RETURNING next_face_id - %(n)s", {"n": len(faces), "domain": domain.id}))[0]
         async with self.conn.transaction():
             # Whoever may build the domain's index takes its lock before writing rows: the build
             # waits for other writers' row locks, so a writer holding rows while it waits for the
@@ -432,19 +460,19 @@ class Gallery:
             if build:
                 await self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                                         (0x66616365, domain.id))
-            # ``id`` takes its default from faces' own sequence here, so each staged row already
-            # has the id it will keep, and ``ord`` maps the inserted ones back to the input.
+            # Each staged row gets the id it will keep (``first`` + its place), so ``ord`` maps
+            # the inserted ones back to the input. The ids are the domain's (its counter).
             await self.conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS new_faces (ord integer NOT NULL,"
                 " LIKE faces INCLUDING DEFAULTS INCLUDING STORAGE) ON COMMIT DELETE ROWS")
             # Binary: as text, a 512-d vector is ~5 KB of formatted floats, most of a bulk import.
             async with self.conn.cursor().copy(
-                    "COPY new_faces (ord, domain_id, person_id, model_id, embedding, box_x, box_y,"
+                    "COPY new_faces (ord, id, domain_id, person_id, model_id, embedding, box_x, box_y,"
                     " box_w, box_h, det_score, photo_sha256, thumbnail, source, source_hash)"
                     " FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_NEW_FACE_TYPES)
                 for i, f in enumerate(faces):
-                    await copy.write_row((i, domain.id, f.person_id, model_id, f.embedding, *f.box,
+                    await copy.write_row((i, first + i, domain.id, f.person_id, model_id, f.embedding, *f.box,
                                           f.score, f.photo_sha256, f.thumbnail, f.source,
                                           f.source_hash))
                     if progress is not None and i % 500 == 499:
@@ -496,7 +524,8 @@ class Gallery:
         rows = await self._all(
             "SELECT f.id, f.person_id, p.name, m.name, f.box_x, f.box_y, f.box_w, f.box_h,"
             " f.det_score, encode(f.photo_sha256, 'hex'), f.created_at, f.thumbnail IS NOT NULL"
-            " FROM faces f JOIN people p ON p.id = f.person_id JOIN models m ON m.id = f.model_id"
+            " FROM faces f JOIN people p ON p.domain_id = f.domain_id AND p.id = f.person_id"
+            " JOIN models m ON m.id = f.model_id"
             " WHERE f.domain_id = %(domain)s AND (%(person)s::bigint IS NULL OR f.person_id = %(person)s)"
             " ORDER BY f.id", {"domain": domain.id, "person": pid})
         return [FaceRow(r[0], r[1], r[2], r[3], (r[4], r[5], r[6], r[7]), r[8], r[9], r[10], r[11])
@@ -540,7 +569,7 @@ class Gallery:
             await cur.execute(
                 "SELECT f.id, p.name, f.embedding, f.box_x, f.box_y, f.box_w, f.box_h,"
                 " encode(f.photo_sha256, 'hex'), f.source, f.source_hash"
-                " FROM faces f JOIN people p ON p.id = f.person_id"
+                " FROM faces f JOIN people p ON p.domain_id = f.domain_id AND p.id = f.person_id"
                 " WHERE f.domain_id = %s AND f.model_id = %s ORDER BY p.name, f.id",
                 (domain.id, model_id))
             rows = await cur.fetchall()
@@ -587,8 +616,9 @@ class Gallery:
                 ORDER BY n.person_id, n.distance
             )
             -- A subquery, not a join: k primary-key lookups, never a scan of every tenant's people.
-            SELECT b.person_id, (SELECT p.name FROM people p WHERE p.id = b.person_id), b.id,
-                   b.distance
+            SELECT b.person_id,
+                   (SELECT p.name FROM people p WHERE p.domain_id = {domain} AND p.id = b.person_id),
+                   b.id, b.distance
             FROM best b
             ORDER BY b.distance
             LIMIT {k}""").format(dim=sql.Literal(dim), model=sql.Literal(model_id), domain=where, n=n,

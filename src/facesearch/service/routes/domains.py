@@ -7,10 +7,24 @@ from dataclasses import asdict
 from fastapi import APIRouter
 
 from ...config import usable_model
+from ...errors import ModelError
+from ...store import unknown
+from ...store.gallery import DomainInfo
+from ..bounded import PathId
 from ..schemas import DomainCreate, DomainList, DomainOut, KeyCreate, KeyCreated, KeyList, KeyOut
-from ..state import AdminDep, DomainDep, ServiceDep
+from ..state import AdminDep, DomainDep, Service, ServiceDep
 
 router = APIRouter(prefix="/v1/domains", tags=["domains"])
+
+
+def _out(svc: Service, info: DomainInfo) -> dict:
+    """A domain as the API shows it: with its default recognize threshold (null for a model this
+    version does not know)."""
+    try:
+        threshold: float | None = svc.settings.recognize_threshold(info.model)
+    except ModelError:
+        threshold = None
+    return {**asdict(info), "threshold": threshold}
 
 
 @router.post("", status_code=201, response_model=DomainOut)
@@ -20,21 +34,25 @@ async def create_domain(body: DomainCreate, _: AdminDep,
     load here (DeepFace's without their weights), is refused (422) with the list of models."""
     model = usable_model(svc.settings.model if body.model is None else body.model)
     async with svc.gallery() as gallery:
+        if body.keep_unknown:
+            unknown.require_postgres(gallery)  # before anything is created
         dom = await gallery.create_domain(body.name, model=model)
-        return asdict(await gallery.domain_info(dom.name))
+        if body.keep_unknown:
+            await unknown.set_keep_unknown(gallery, dom.name, True)
+        return _out(svc, await gallery.domain_info(dom.name))
 
 
 @router.get("", response_model=DomainList)
 async def list_domains(_: AdminDep, svc: ServiceDep) -> dict:
     async with svc.gallery() as gallery:
-        return {"domains": [asdict(d) for d in await gallery.list_domains()]}
+        return {"domains": [_out(svc, d) for d in await gallery.list_domains()]}
 
 
 @router.get("/{domain}", response_model=DomainOut)
 async def get_domain(dom: DomainDep, svc: ServiceDep) -> dict:
     """The domain with its counts (the admin key, or this domain's key)."""
     async with svc.gallery() as gallery:
-        return asdict(await gallery.domain_info(dom.name))
+        return _out(svc, await gallery.domain_info(dom.name))
 
 
 @router.delete("/{domain}", response_model=DomainOut)
@@ -62,7 +80,7 @@ async def list_keys(dom: DomainDep, _: AdminDep,
 
 
 @router.delete("/{domain}/keys/{key_id}", response_model=KeyOut)
-async def revoke_key(key_id: int, dom: DomainDep, _: AdminDep,
+async def revoke_key(key_id: PathId, dom: DomainDep, _: AdminDep,
                      svc: ServiceDep) -> dict:
     """Revoke a key: requests with it are refused from now on."""
     async with svc.gallery() as gallery:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from dataclasses import asdict
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from ... import names
 from ...errors import BadRequest, FacesearchError, ModelError, NoFace, NothingEnrolled, SeveralFaces
 from ...models.base import Analysis, Face
 from ...store.gallery import Domain, FaceRow, NewFace, Person
+from ..bounded import Offset, PathId, StorableText
 from ..schemas import (
     EnrollOut,
     ErrorBody,
@@ -46,24 +48,38 @@ async def create_person(body: PersonCreate, dom: DomainDep,
 
 @router.get("/people", response_model=PeoplePage)
 async def list_people(dom: DomainDep, svc: ServiceDep,
-                      q: Annotated[str | None, Query(max_length=200, description="Name contains.")] = None,
+                      q: Annotated[StorableText | None, Query(max_length=200, description=(
+                          "Name contains (case-insensitive; % and _ are plain characters)."))] = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+                      offset: Offset = 0) -> dict:
     async with svc.gallery() as gallery:
         people = await gallery.list_people(dom, search=q, limit=limit, offset=offset)
         total = await gallery.count_people(dom, search=q)
-    return {"people": [asdict(p) for p in people], "total": total, "limit": limit, "offset": offset}
+    page = _bounded_page([asdict(p) for p in people], svc.settings.max_page)
+    after = offset + len(page)
+    return {"people": page, "total": total, "limit": limit, "offset": offset,
+            "next_offset": after if after < total else None}
+
+
+def _bounded_page(people: list[dict], max_bytes: int) -> list[dict]:
+    """The first people whose JSON fits in ``max_bytes`` (at least one, so paging goes on)."""
+    size = 0
+    for i, person in enumerate(people):
+        size += len(json.dumps(person, ensure_ascii=False, default=str).encode())
+        if size > max_bytes and i > 0:
+            return people[:i]
+    return people
 
 
 @router.get("/people/{person_id}", response_model=PersonOut)
-async def get_person(person_id: int, dom: DomainDep,
+async def get_person(person_id: PathId, dom: DomainDep,
                      svc: ServiceDep) -> dict:
     async with svc.gallery() as gallery:
         return asdict(await gallery.get_person(dom, person_id))
 
 
 @router.patch("/people/{person_id}", response_model=PersonOut)
-async def update_person(person_id: int, body: PersonUpdate, dom: DomainDep,
+async def update_person(person_id: PathId, body: PersonUpdate, dom: DomainDep,
                         svc: ServiceDep) -> dict:
     """Rename a person and/or replace their metadata."""
     async with svc.gallery() as gallery:
@@ -75,7 +91,7 @@ async def update_person(person_id: int, body: PersonUpdate, dom: DomainDep,
 
 
 @router.delete("/people/{person_id}", response_model=PersonOut)
-async def delete_person(person_id: int, dom: DomainDep,
+async def delete_person(person_id: PathId, dom: DomainDep,
                         svc: ServiceDep) -> dict:
     """Delete a person and all their faces; the embeddings are removed from disk (VACUUM)."""
     async with svc.gallery() as gallery:
@@ -86,14 +102,14 @@ async def delete_person(person_id: int, dom: DomainDep,
 
 
 @router.get("/people/{person_id}/faces", response_model=FaceList)
-async def list_faces(person_id: int, dom: DomainDep,
+async def list_faces(person_id: PathId, dom: DomainDep,
                      svc: ServiceDep) -> dict:
     async with svc.gallery() as gallery:
         return {"faces": [_face_out(f) for f in await gallery.list_faces(dom, person_id)]}
 
 
 @router.delete("/faces/{face_id}", status_code=204)
-async def delete_face(face_id: int, dom: DomainDep,
+async def delete_face(face_id: PathId, dom: DomainDep,
                       svc: ServiceDep) -> None:
     """Delete one face; its embedding is removed from disk (VACUUM)."""
     async with svc.gallery() as gallery:
@@ -104,18 +120,18 @@ async def delete_face(face_id: int, dom: DomainDep,
 @router.get("/faces/{face_id}/thumbnail", response_class=Response, responses={
     200: {"content": {"image/jpeg": {}}, "description": "A small JPEG crop of the face."},
     404: {"model": ErrorBody, "description": "No such face, or it has no thumbnail."}})
-async def face_thumbnail(face_id: int, dom: DomainDep, svc: ServiceDep) -> Response:
+async def face_thumbnail(face_id: PathId, dom: DomainDep, svc: ServiceDep) -> Response:
     """The face's thumbnail (stored at enrollment unless FACESEARCH_THUMBNAILS=0)."""
     async with svc.gallery() as gallery:
         data = await gallery.face_thumbnail(dom, face_id)
     # Biometric data for this key's holder only: no shared cache may keep it.
     return Response(data, media_type="image/jpeg",
-                    headers={"Cache-Control": "private", "X-Content-Type-Options": "nosniff"})
+                    headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
 @router.post("/people/{person_id}/faces", status_code=201, response_model=EnrollOut,
              response_model_exclude_none=True, openapi_extra=photo_body("photo", multiple=True))
-async def enroll_person(person_id: int, request: Request, dom: DomainDep, svc: ServiceDep,
+async def enroll_person(person_id: PathId, request: Request, dom: DomainDep, svc: ServiceDep,
                         face: FaceChoice = None) -> dict:
     """Enroll one or more photos (file fields ``photo``) of an existing person."""
     async with svc.gallery() as gallery:

@@ -20,6 +20,7 @@ from ..auth import Caller
 from ..schemas import DetectOut, RecognizeOut, VerifyOut
 from ..state import CallerDep, DomainDep, Service, ServiceDep
 from ..uploads import photo_body, read_upload
+from .clusters import keep_unknown_faces
 
 router = APIRouter(tags=["recognition"])
 
@@ -60,21 +61,29 @@ async def recognize(request: Request, dom: DomainDep,
     threshold = s.recognize_threshold(dom.model) if threshold is None else threshold
     photo = (await read_upload(request)).one("photo")
     analysis = await svc.analyze(photo.data, model=dom.model,
-                                 max_faces=min(max_faces or s.max_faces, s.max_faces), min_face=min_face)
+                                 max_faces=min(max_faces or s.max_faces, s.max_faces), min_face=min_face,
+                                 thumbnails=dom.keep_unknown and s.thumbnails)
     t0 = time.perf_counter()
     async with svc.gallery() as gallery:
         results = await gallery.search(dom, dom.model, [f.embedding for f in analysis.faces],
                                        k=top_k, threshold=threshold)
-    search_ms = (time.perf_counter() - t0) * 1e3
+        search_ms = (time.perf_counter() - t0) * 1e3
+        kept: dict[int, int] = {}
+        extra: dict[str, float] = {}
+        if dom.keep_unknown:  # faces matched to nobody are kept as unassigned faces
+            t1 = time.perf_counter()
+            kept = await keep_unknown_faces(gallery, s, dom, photo.data, analysis.faces, results)
+            extra["keep_unknown"] = (time.perf_counter() - t1) * 1e3
     svc.metrics.search.observe(search_ms / 1e3)
     request.state.faces = len(analysis.faces)
     faces = [{**face.as_dict(), "matches": [
         {"person_id": m.person_id, "name": m.person, "face_id": m.face_id,
          "distance": round(m.distance, 5), "similarity": round(1 - m.distance, 5)}
-        for m in matches]} for face, matches in zip(analysis.faces, results, strict=True)]
+        for m in matches], "unassigned_face_id": kept.get(i)}
+        for i, (face, matches) in enumerate(zip(analysis.faces, results, strict=True))]
     return {"faces": faces, "faces_found": analysis.faces_found, "image": _image(analysis),
             "model": dom.model, "threshold": threshold, "top_k": top_k,
-            "timings_ms": _timings(request, start, **analysis.timings_ms, search=search_ms)}
+            "timings_ms": _timings(request, start, **analysis.timings_ms, search=search_ms, **extra)}
 
 
 async def _verify_model(request: Request, who: Caller, svc: Service, domain: str | None,

@@ -18,6 +18,7 @@ const state = {
   domain: sessionStorage.getItem(DOMAIN),
   admin: false,
   checked: false, // the key has been checked with the server since the page loaded
+  domainInfo: null, // GET /v1/domains/{domain}: its model and default threshold
   people: { q: '', offset: 0 },
   route: 0, // bumped on every navigation: slow answers for a page left meanwhile are dropped
 };
@@ -166,7 +167,7 @@ function show(view) {
   $('#nav').hidden = !signedIn;
   $('#session').hidden = !(state.key && state.checked);
   $('#session-domain').textContent = state.domain ?? '–';
-  $('#change-domain').hidden = !state.domain;
+  $('#change-domain').hidden = !state.domain || !state.admin;
   for (const link of document.querySelectorAll('#nav a')) {
     const current = link.dataset.view === view || (view === 'person' && link.dataset.view === 'people');
     if (current) link.setAttribute('aria-current', 'page');
@@ -192,7 +193,12 @@ async function route() {
     const person = hash.match(/^#\/people\/(\d+)$/);
     if (person) await renderPerson(Number(person[1]), token);
     else if (hash.startsWith('#/people')) await renderPeople(token, true);
-    else show('recognize');
+    else if (hash === '#/unknown') await renderUnknown(token);
+    else if (hash === '#/audit') await renderAudit(token);
+    else {
+      showRecognizeDefaults();
+      show('recognize');
+    }
   } catch (err) {
     handleError(err);
   }
@@ -202,32 +208,32 @@ const current = (token) => token === state.route;
 
 // -- signing in, domains -------------------------------------------------------------------------
 
-/** Is the key the admin key (it may list domains) or a domain key (403 there)? A stored domain
- * is checked too, and the only domain an admin has is chosen for them. */
+/** What is the key (GET /v1/whoami)? A domain key reaches one domain, opened for its holder; the
+ * admin's stored domain is checked, and the only domain an admin has is chosen for them. */
 async function checkKey() {
   show('loading');
-  try {
+  const who = await api('/v1/whoami');
+  state.admin = who.admin;
+  if (!who.admin) setDomain(who.domain);
+  else if (!state.domain) {
     const { domains } = await api('/v1/domains');
-    state.admin = true;
-    if (!state.domain && domains.length === 1) setDomain(domains[0].name);
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 403)) throw err;
-    state.admin = false;
+    if (domains.length === 1) setDomain(domains[0].name);
   }
   state.checked = true;
   if (state.domain) {
     try {
-      await api(domainPath());
+      state.domainInfo = await api(domainPath());
     } catch (err) {
       if (!(err instanceof ApiError) || ![403, 404, 422].includes(err.status)) throw err;
-      setDomain(null); // gone, or not this key's: choose again
+      setDomain(null); // gone: choose again
     }
   }
 }
 
-function setDomain(name) {
+function setDomain(name, info = null) {
   if (name !== state.domain) forgetThumbnails();
   state.domain = name;
+  state.domainInfo = info;
   state.people = { q: '', offset: 0 };
   $('#people-search').value = '';
   if (name) sessionStorage.setItem(DOMAIN, name);
@@ -273,14 +279,11 @@ $('#sign-out').addEventListener('click', () => {
 });
 
 async function renderDomains(token) {
-  $('#domain-admin').hidden = !state.admin;
-  $('#domain-key-form').hidden = state.admin;
-  if (!state.admin) {
-    show('domain');
-    $('#domain-name').value = state.domain ?? '';
-    $('#domain-name').focus();
+  if (!state.admin) { // a domain key has its one domain, opened at sign-in
+    location.replace('#/people');
     return;
   }
+  $('#domain-admin').hidden = false;
   const { domains } = await api('/v1/domains');
   if (!current(token)) return;
   $('#domain-none').hidden = domains.length > 0;
@@ -303,7 +306,7 @@ async function openDomain(name) {
     } finally {
       state.domain = previous;
     }
-    setDomain(info.name);
+    setDomain(info.name, info);
     resetRecognize();
     if (location.hash === '#/people') route();
     else location.hash = '#/people';
@@ -311,11 +314,6 @@ async function openDomain(name) {
     handleError(err);
   }
 }
-
-$('#domain-key-form').addEventListener('submit', (event) => {
-  event.preventDefault();
-  openDomain($('#domain-name').value.trim());
-});
 
 $('#domain-create').addEventListener('submit', async (event) => {
   event.preventDefault();
@@ -377,15 +375,45 @@ function resetRecognize() {
   photoUrl = null;
   $('#recognize-result').hidden = true;
   $('#recognize-status').textContent = '';
+  $('#recognize-notice').hidden = true;
   $('#recognize-boxes').replaceChildren();
   $('#recognize-faces').replaceChildren();
 }
 
 dropZone($('#recognize-drop'), $('#recognize-file'), (files) => recognize(files[0], files.length));
 
+let recognizedFile = null; // recognized again when the threshold or the matches per face change
+
+/** The domain's default threshold, shown where the user may override it. */
+function showRecognizeDefaults() {
+  const info = state.domainInfo;
+  const input = $('#recognize-threshold');
+  input.placeholder = info?.threshold != null ? String(info.threshold) : '';
+  $('#recognize-threshold-hint').textContent = info?.threshold != null
+    ? `Domain default ${info.threshold} (model ${info.model}); lower is stricter.` : '';
+}
+
+/** The recognize request's query: top_k and the threshold where they differ from the defaults (the
+ * server's 5, the domain's threshold). */
+function recognizeQuery() {
+  const query = new URLSearchParams();
+  const topK = $('#recognize-top-k');
+  if (topK.value && topK.value !== topK.defaultValue && topK.checkValidity()) query.set('top_k', topK.value);
+  const threshold = $('#recognize-threshold');
+  if (threshold.value && threshold.checkValidity()) query.set('threshold', threshold.value);
+  return query.toString();
+}
+
+for (const id of ['#recognize-threshold', '#recognize-top-k']) {
+  $(id).addEventListener('change', () => {
+    if (recognizedFile && $(id).checkValidity()) recognize(recognizedFile);
+  });
+}
+
 async function recognize(file, count = 1) {
   clearMessage();
   resetRecognize();
+  recognizedFile = file;
   const run = recognizeRun;
   photoUrl = URL.createObjectURL(file); // the local file itself: nothing to fetch
   $('#recognize-img').src = photoUrl;
@@ -394,7 +422,8 @@ async function recognize(file, count = 1) {
   const form = new FormData();
   form.append('photo', file, file.name);
   try {
-    const result = await api(domainPath('/recognize'), { method: 'POST', body: form });
+    const query = recognizeQuery();
+    const result = await api(domainPath(`/recognize${query ? `?${query}` : ''}`), { method: 'POST', body: form });
     if (run !== recognizeRun) return;
     showRecognized(file, result);
   } catch (err) {
@@ -420,6 +449,10 @@ function showRecognized(file, result) {
   if (result.faces_found) status += `, ${known} recognized`;
   if (result.faces.length < result.faces_found) status += ` (the ${result.faces.length} largest matched)`;
   $('#recognize-status').textContent = `${status}. Model ${result.model}, threshold ${result.threshold}.`;
+  const notice = $('#recognize-notice');
+  notice.hidden = result.faces.length >= result.faces_found;
+  notice.textContent = notice.hidden ? '' : `This photo has ${result.faces_found} faces: only the `
+    + `${result.faces.length} largest were matched (the server's limit, FACESEARCH_MAX_FACES).`;
   const t = result.timings_ms;
   $('#recognize-timings').textContent = Object.entries(t)
     .map(([step, v]) => `${step} ${ms(v)} ms`).join(' · ');
@@ -661,6 +694,125 @@ async function enroll(files) {
   });
   await Promise.all(workers);
   if (id === personId) await refreshPerson().catch(handleError);
+}
+
+// -- unknown faces and the audit ---------------------------------------------------------------
+
+/** An unassigned face's thumbnail (they have their own route; fetched each time the view shows). */
+function unassignedThumb(faceId) {
+  const box = h('span', { class: 'thumb' }, h('span', { class: 'initials' }, '?'));
+  request(domainPath(`/unassigned/${faceId}/thumbnail`))
+    .then((r) => r.blob())
+    .then((blob) => {
+      const url = URL.createObjectURL(blob);
+      const img = h('img', { src: url, alt: `Unknown face ${faceId}`, width: 112, height: 112 });
+      img.addEventListener('load', () => URL.revokeObjectURL(url));
+      box.replaceChildren(img);
+    })
+    .catch(() => {});
+  return box;
+}
+
+/** Run an action, show what it did, and draw the view again. */
+async function act(what, redraw) {
+  clearMessage();
+  try {
+    const done = await what();
+    if (done) showMessage(done, 'info');
+    await redraw(state.route);
+  } catch (err) {
+    handleError(err);
+  }
+}
+
+async function renderUnknown(token) {
+  const body = await api(domainPath('/clusters'));
+  if (!current(token)) return;
+  const redraw = renderUnknown;
+  $('#unknown-status').textContent = body.keep_unknown
+    ? `${plural(body.unassigned_faces, 'unassigned face')}, ${plural(body.clusters.length, 'cluster')} of 2 or more.`
+    : 'This domain does not keep unknown faces (its keep_unknown is off): there is nothing to show.';
+  $('#unknown-recluster').onclick = () => act(async () => {
+    const r = await api(domainPath('/clusters/recluster'), { method: 'POST' });
+    return `Clustered again: ${plural(r.clusters, 'cluster')}.`;
+  }, redraw);
+  const others = (id) => body.clusters.filter((c) => c.id !== id);
+  $('#unknown-clusters').replaceChildren(...body.clusters.map((c) => {
+    const nameInput = h('input', { required: true, maxlength: 200, 'aria-label': `Name of cluster ${c.id}`,
+      placeholder: 'Who is this?' });
+    const mergeSelect = h('select', { 'aria-label': `Merge cluster ${c.id} with` },
+      ...others(c.id).map((o) => h('option', { value: o.id }, `cluster ${o.id} (${o.size})`)));
+    const path = `/clusters/${c.id}`;
+    return h('li', { class: 'cluster', 'data-cluster': c.id },
+      h('p', {}, h('strong', {}, `Cluster ${c.id}`),
+        h('span', { class: 'muted' }, ` ${plural(c.size, 'face')}, cohesion ${c.cohesion?.toFixed(3) ?? '–'}`)),
+      h('ul', { class: 'cluster-faces' }, ...c.faces.map((f) => h('li', {}, unassignedThumb(f.id),
+        h('button', { type: 'button', class: 'remove', 'aria-label': `Take face ${f.id} out of cluster ${c.id}`,
+          onclick: () => act(async () => {
+            await api(domainPath(`${path}/faces/${f.id}`), { method: 'DELETE' });
+            return `Face ${f.id} taken out of cluster ${c.id}.`;
+          }, redraw) }, '×')))),
+      h('form', { class: 'inline-form', onsubmit: (event) => {
+        event.preventDefault();
+        act(async () => {
+          const r = await api(domainPath(`${path}/person`), { method: 'POST', json: { name: nameInput.value.trim() } });
+          return `Cluster ${c.id} is ${r.person.name}: ${plural(r.enrolled, 'face')} enrolled.`;
+        }, redraw);
+      } }, nameInput, h('button', { type: 'submit' }, 'Name')),
+      others(c.id).length ? h('div', { class: 'inline-form' }, mergeSelect,
+        h('button', { type: 'button', onclick: () => act(async () => {
+          await api(domainPath(`${path}/merge`), { method: 'POST', json: { cluster_id: Number(mergeSelect.value) } });
+          return `Cluster ${mergeSelect.value} merged into cluster ${c.id}.`;
+        }, redraw) }, 'Merge into this')) : null,
+      h('button', { type: 'button', class: 'danger', onclick: async () => {
+        if (!(await confirmDialog(`Discard cluster ${c.id} and delete its ${plural(c.size, 'face')}?`))) return;
+        act(async () => {
+          const r = await api(domainPath(path), { method: 'DELETE' });
+          return `Discarded cluster ${c.id}: ${plural(r.discarded, 'face')} deleted.`;
+        }, redraw);
+      } }, 'Discard…'));
+  }));
+  show('unknown');
+}
+
+async function renderAudit(token) {
+  const report = await api(domainPath('/audit'));
+  if (!current(token)) return;
+  const redraw = renderAudit;
+  $('#audit-status').textContent = `${plural(report.faces, 'face')} of ${plural(report.people, 'person', 'people')}.`;
+  const none = (list, text) => (list.length ? null : h('li', { class: 'muted' }, text));
+  $('#audit-outliers').replaceChildren(none(report.outliers, 'None found.'), ...report.outliers.map((o) =>
+    h('li', { class: 'finding' }, thumbnail(o.face_id, o.person.name, `Face ${o.face_id}`),
+      h('span', {}, `Face ${o.face_id} of ${o.person.name}: ${o.distance.toFixed(3)} from their other faces`),
+      o.nearest_person ? h('button', { type: 'button', onclick: () => act(async () => {
+        await api(domainPath(`/faces/${o.face_id}/move`), { method: 'POST', json: { person_id: o.nearest_person.id } });
+        return `Face ${o.face_id} moved to ${o.nearest_person.name}.`;
+      }, redraw) }, `Move to ${o.nearest_person.name}`) : null,
+      h('button', { type: 'button', class: 'danger', onclick: async () => {
+        if (!(await confirmDialog(`Delete face ${o.face_id} of ${o.person.name}?`))) return;
+        act(async () => {
+          await api(domainPath(`/faces/${o.face_id}`), { method: 'DELETE' });
+          forgetThumbnails(o.face_id);
+          return `Deleted face ${o.face_id}.`;
+        }, redraw);
+      } }, 'Delete face…'))));
+  $('#audit-duplicates').replaceChildren(none(report.duplicates, 'None found.'), ...report.duplicates.map((d) => {
+    const [a, b] = d.people;
+    return h('li', { class: 'finding' }, thumbnail(d.face_ids[0], a.name), thumbnail(d.face_ids[1], b.name),
+      h('span', {}, `${a.name} and ${b.name}: ${d.distance.toFixed(3)} apart on average`
+        + `${d.likely_same ? ' (likely the same person)' : ' (look-alikes?)'}`),
+      h('button', { type: 'button', onclick: async () => {
+        if (!(await confirmDialog(`Merge ${b.name} into ${a.name}? ${b.name} is deleted, their faces kept.`))) return;
+        act(async () => {
+          const r = await api(domainPath(`/people/${a.id}/merge`), { method: 'POST', json: { person_id: b.id } });
+          return `${b.name} merged into ${a.name}: ${plural(r.moved, 'face')} moved.`;
+        }, redraw);
+      } }, `Merge into ${a.name}`));
+  }));
+  $('#audit-single').replaceChildren(none(report.single_face, 'None.'), ...report.single_face.map((s) =>
+    h('li', { class: 'finding' }, thumbnail(s.face_id, s.person.name),
+      h('a', { href: `#/people/${s.person.id}` }, s.person.name), ' has a single face: add photos.')));
+  show('audit');
 }
 
 // -- confirmation dialog (Escape or Cancel: no) ---------------------------------------------------
