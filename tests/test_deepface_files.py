@@ -24,7 +24,7 @@ import pytest
 
 from facesearch import deepface_files, deepface_pkl
 from facesearch.deepface_pkl import InvalidPkl
-from facesearch.models import DLIB_MODEL
+from facesearch.models import DLIB_MODEL, default_thresholds
 
 from .conftest import photos_of
 from .test_cli import pick_people
@@ -124,6 +124,13 @@ def test_imports_what_deepface_wrote(made_by_deepface: dict, db_path: dict, fmt:
         assert cal["model_threshold"] <= cal["threshold"] <= cal["model_threshold"] + cal["offset_median"]
     else:
         assert "calibration" not in s
+    listed = {d["name"]: d for d in json.loads(cli("domains", "list", "--json").stdout)}
+    if fmt == "npz":  # the domain recognizes at the calibrated threshold from now on
+        assert (listed[domain]["threshold"], listed[domain]["own_threshold"]) == (cal["threshold"], True)
+        cli("domains", "update", domain, "--model-threshold")
+        listed = {d["name"]: d for d in json.loads(cli("domains", "list", "--json").stdout)}
+    assert (listed[domain]["threshold"], listed[domain]["own_threshold"]) == (
+        default_thresholds(DLIB_MODEL)[0], False)
     assert (s["detector"], s["aligned"], s["normalization"], s["expand"]) == ("dlib", True, "base", 0)
     # Our query embeddings against DeepFace's gallery: the nearest person is the right one.
     people, probes = zip(*db_path["held_out"].items(), strict=True)

@@ -6,6 +6,7 @@ import os
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -172,6 +173,12 @@ class Settings:
         """The recognize (1:N) threshold for a domain of ``model``: FACESEARCH_THRESHOLD if set,
         else the model's calibrated default."""
         return default_thresholds(model)[0] if self.threshold is None else self.threshold
+
+    def threshold_of(self, domain: Any) -> float:
+        """A domain's recognize threshold: its own if set (import-deepface calibrates one for a
+        gallery DeepFace embedded), else :meth:`recognize_threshold` of its model."""
+        own = getattr(domain, "threshold", None)
+        return self.recognize_threshold(domain.model) if own is None else float(own)
 
     def verify_threshold_for(self, model: str) -> float:
         """The verify (1:1) threshold for ``model``: FACESEARCH_VERIFY_THRESHOLD if set, else

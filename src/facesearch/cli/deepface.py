@@ -100,7 +100,11 @@ def import_deepface(obj: Context, file: Path, domain: str, model_option: str | N
         "seconds": {"read": round(read - started, 2), "store": round(time.perf_counter() - read, 2)},
     }
     if calibrate and domain_model == model:
-        report["calibration"] = _calibrate(obj, contents.faces, model, photos)
+        cal = _calibrate(obj, contents.faces, model, photos)
+        if "skipped" not in cal:  # the domain recognizes at it from now on
+            with obj.gallery() as gallery:
+                gallery.set_domain_threshold(domain, cal["threshold"])
+        report["calibration"] = cal
     if as_json:
         emit(report)
         return
@@ -177,6 +181,8 @@ def _calibration_text(cal: dict, domain: str) -> str:
             f"(median; 90 % within {cal['offset_p90']}) from facesearch's: the gallery recognizes at "
             f"threshold {cal['threshold']} instead of {cal['model_threshold']}"
             + (" (held there to keep strangers out)" if cal["capped"] else "")
+            + f" (set on domain {domain}; change it with facesearch domains update {domain} "
+            "--threshold)"
             + ". Re-enrolling from the photos (facesearch set-model / enroll) matches better: "
             "see the README")
 

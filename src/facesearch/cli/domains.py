@@ -30,10 +30,13 @@ def domains_list(obj: Context, as_json: bool) -> None:
         rows = gallery.list_domains()
     if as_json:
         emit([{"name": d.name, "model": d.model, "people": d.people, "faces": d.faces,
-               "created_at": d.created_at.isoformat(), "keep_unknown": d.keep_unknown} for d in rows])
+               "created_at": d.created_at.isoformat(), "keep_unknown": d.keep_unknown,
+               "threshold": obj.settings.threshold_of(d), "own_threshold": d.threshold is not None}
+              for d in rows])
         return
     for d in rows:
-        click.echo(f"{d.name}\t{d.model}\t{d.people} people\t{d.faces} faces")
+        own = "" if d.threshold is None else f"\tthreshold {d.threshold}"
+        click.echo(f"{d.name}\t{d.model}\t{d.people} people\t{d.faces} faces{own}")
 
 
 @domains.command("create")

@@ -230,7 +230,7 @@ def recognize(obj: Context, photos: tuple[Path, ...], domain: str, top_k: int,
     with obj.pool(len(photos), warm=True) as pool, obj.gallery() as gallery:
         dom = gallery.get_domain(domain)
         check_model_files(dom.model)
-        threshold = s.recognize_threshold(dom.model) if threshold is None else threshold
+        threshold = s.threshold_of(dom) if threshold is None else threshold
         window = pool.workers * 4
         futures: dict[Path, Future[Analysis]] = {}
         started: dict[Path, float] = {}  # when each photo was read and sent

@@ -218,6 +218,7 @@ class _DomainState:
     files: dict[str, str]  # model -> its PKL file's name in the domain folder
     signature: tuple = ()
     model: str = DLIB_MODEL  # the domain's model: what it enrolls and searches with
+    threshold: float | None = None  # its own recognize threshold; None: the model's
     stale: bool = False  # differs from the files (rows taken in, faces gone): rewrite on next write
     # The model files' SHA-256 and row count as facesearch last wrote them (file name -> record),
     # and the rewrites by something else that dropped rows: found now, and remembered ones.
@@ -241,10 +242,11 @@ class _DomainState:
                        remembered=list(self.remembered), _index={}, _stats=None)
 
     def info(self) -> DomainInfo:
-        return DomainInfo(self.name, len(self.people), len(self.faces), self.created_at, self.model)
+        return DomainInfo(self.name, len(self.people), len(self.faces), self.created_at, self.model,
+                          threshold=self.threshold)
 
     def domain(self) -> Domain:
-        return Domain(self.id, self.name, self.model)
+        return Domain(self.id, self.name, self.model, threshold=self.threshold)
 
     def stats(self, pid: int) -> tuple[int, int | None]:
         """A person's face count and smallest face id with a thumbnail (cached per snapshot)."""
@@ -456,6 +458,8 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
             counts[f.model] = counts.get(f.model, 0) + 1
         model = min(counts, key=lambda m: (-counts[m], m)) if counts else DLIB_MODEL
     st.model = model
+    threshold = meta["domain"].get("threshold")
+    st.threshold = float(threshold) if isinstance(threshold, int | float) else None
     gone = set(known) - set(st.faces)
     if gone:  # rows removed from a file: those faces are gone
         st.stale = True
@@ -501,7 +505,7 @@ def _sidecar(st: _DomainState) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "domain": {"id": st.id, "name": st.name, "created_at": st.created_at.isoformat(),
-                   "model": st.model},
+                   "model": st.model, "threshold": st.threshold},
         "next_person_id": st.next_person_id, "next_face_id": st.next_face_id,
         "people": [{"id": pid, "name": p.name, "metadata": p.metadata,
                     "created_at": p.created_at.isoformat()} for pid, p in sorted(st.people.items())],
@@ -869,7 +873,17 @@ class PklGallery:
         model_dim(model)
         domain = await self.get_domain(name)
         async with self._edit(domain) as work:
+            if work.st.model != model:
+                work.st.threshold = None  # a threshold belongs to one model's distances
             work.st.model = model
+            work.touch()
+        return work.st.domain()
+
+    async def set_domain_threshold(self, name: str, threshold: float | None) -> Domain:
+        """Give a domain its own recognize threshold (None: back to its model's)."""
+        domain = await self.get_domain(name)
+        async with self._edit(domain) as work:
+            work.st.threshold = threshold
             work.touch()
         return work.st.domain()
 
