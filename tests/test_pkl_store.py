@@ -428,3 +428,22 @@ def test_concurrent_writers_of_one_domain_lose_nothing(pkl: BlockingPklGallery) 
     ids = [i for r in pkl.run(all_at_once()) for i in r]
     assert sorted(ids) == list(range(1, 21))
     assert len(rows_of(pkl.store.root / "busy" / FILE)) == 20
+
+
+def test_a_gallery_in_the_old_layout_is_moved_out_of_deepfaces_folder(pkl: BlockingPklGallery) -> None:
+    """Before DeepFace-store mode the sidecar and thumbnails were in the domain's folder, where
+    DeepFace.find took the thumbnails for photos: they move out on first use, nothing lost."""
+    dom = pkl.create_domain("old-layout", model=MODEL)
+    pid = pkl.person_id(dom, "P", create=True)
+    (fid,) = pkl.add_faces(dom, MODEL, [NewFace(pid, np.eye(128, dtype=np.float32)[5], (0, 0, 9, 9),
+                                                None, b"\7" * 32, b"\xff\xd8thumb")])
+    root, meta = pkl.store.root, meta_folder(pkl.store.root, "old-layout")
+    folder = root / "old-layout"
+    os.replace(meta / SIDECAR, folder / SIDECAR)  # as the previous release laid it out
+    os.replace(meta / THUMBNAILS, folder / THUMBNAILS)
+    with BlockingPklGallery(root) as again:
+        d = again.get_domain("old-layout")
+        assert [f.id for f in again.list_faces(d)] == [fid]
+        assert again.face_thumbnail(d, fid) == b"\xff\xd8thumb"
+    assert sorted(p.name for p in folder.iterdir()) == [FILE]
+    assert (meta / SIDECAR).is_file() and (meta / THUMBNAILS / f"{fid}.jpg").is_file()
