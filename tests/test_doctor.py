@@ -154,7 +154,7 @@ def test_pkl_mode_checks_the_files_and_never_the_database(cli, tmp_path: Path) -
     assert checks["store"]["status"] == "ok" and "1 domains, 1 faces" in checks["store"]["detail"]
     assert checks["dimension"]["status"] == "ok" and "database" not in checks
     assert not (tmp_path / "pgdata").exists()
-    (tmp_path / "pkl" / "docs" / "facesearch-domain.json").write_text("{not json")
+    (tmp_path / "pkl" / ".facesearch" / "docs" / "facesearch-domain.json").write_text("{not json")
     proc = cli("--store", "pkl", "doctor", "--json", check=False, env=home)
     assert proc.returncode == 1 and json.loads(proc.stdout)[0]["status"] == "fail"
 

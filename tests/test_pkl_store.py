@@ -1,5 +1,6 @@
-"""PKL mode (FACESEARCH_STORE=pkl): galleries in DeepFace's PKL files, no database. Real LFW
-embeddings from the session's model pool; the pgvector store on the session's PostgreSQL."""
+"""DeepFace-store mode (FACESEARCH_STORE=deepface, alias pkl): galleries in DeepFace's own
+datastore files (npz by default), no database. Real LFW embeddings from the session's model pool;
+the pgvector store on the session's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,18 +8,26 @@ import asyncio
 import hashlib
 import json
 import os
-import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from facesearch import deepface_pkl
+from facesearch import deepface_files, deepface_pkl
 from facesearch.errors import Conflict, InvalidName, NotFound
 from facesearch.models import DLIB_MODEL, SFACE_MODEL, default_thresholds
 from facesearch.store import BlockingGallery, NewFace
-from facesearch.store.pkl import SIDECAR, BlockingPklGallery, folder_person, model_file, person_folder
+from facesearch.store.pkl import (
+    LAST_GOOD,
+    SIDECAR,
+    THUMBNAILS,
+    BlockingPklGallery,
+    folder_person,
+    meta_folder,
+    model_file,
+    person_folder,
+)
 
 from .api.conftest import UNREACHABLE_DB
 from .conftest import STORES, photos_of
@@ -26,6 +35,20 @@ from .conftest import STORES, photos_of
 MODEL = DLIB_MODEL
 FILE = model_file(MODEL)
 THRESHOLD = default_thresholds(MODEL)[0]  # recognize's
+
+
+def rows_of(path: Path) -> list[dict]:
+    """A datastore's rows as DeepFace's loader gives them (embeddings as lists of floats)."""
+    data = path.read_bytes()
+    rows = deepface_files.read_rows(data, deepface_files.sniff(data), path.name)
+    return [{**r, "embedding": None if r["embedding"] is None else np.asarray(
+        r["embedding"]).tolist()} for r in rows]
+
+
+def write_in_place(path: Path, rows: list[dict]) -> None:
+    """As DeepFace's FileStore.write_bytes does: open(path, "wb"), the same inode."""
+    with path.open("wb") as f:
+        f.write(deepface_files.serialize(rows, path.suffix[1:]))
 
 
 def spread(lfw: Path, count: int, photos: int, exactly: bool = False) -> list[str]:
@@ -117,10 +140,10 @@ def test_file_is_a_deepface_gallery_holding_what_was_enrolled(lfw_faces: dict,
     (odd_face,) = pkl.add_faces(dom, MODEL, [NewFace(odd, np.eye(128, dtype=np.float32)[3],
                                                      (1, 2, 3, 4), None, b"\1" * 32)])
     path = pkl.store.root / "lfw" / FILE
-    assert FILE == "ds_model_dlib_detector_dlib_aligned_normalization_base_expand_0.pkl"
+    assert FILE == "ds_model_dlib_detector_dlib_aligned_normalization_base_expand_0.npz"
     assert deepface_pkl.model_from_filename(FILE) == "Dlib"
-    # Plain data (lists, dicts, str, float, int) in DeepFace's current generation.
-    rows = deepface_pkl.safe_load(path.read_bytes())
+    # DeepFace's current datastore (npz: plain arrays, no pickle).
+    rows = rows_of(path)
     assert isinstance(rows, list) and len(rows) == len(photos) + 1
     assert all(list(r) == list(deepface_pkl.KEYS) for r in rows)
     by_id = {}
@@ -147,7 +170,7 @@ def test_file_is_a_deepface_gallery_holding_what_was_enrolled(lfw_faces: dict,
     assert person_folder(".x") == "%2Ex" and folder_person("%2Ex") == ".x"
     # facesearch's own reader takes it as any DeepFace file: every face, person by folder.
     contents = deepface_pkl.read_pkl(path)
-    assert contents.generation == 3 and contents.dim == 128 and len(contents.faces) == len(rows)
+    assert contents.format == "npz" and contents.dim == 128 and len(contents.faces) == len(rows)
     assert contents.people == {p.parent.name for p in photos.values()} | {odd_folder}
     # And a second process sees the same gallery (the sidecar holds the rest).
     with BlockingPklGallery(pkl.store.root) as again:
@@ -161,25 +184,30 @@ def test_delete_removes_the_rows_from_the_file(lfw_faces: dict, pkl: BlockingPkl
     name, other = list(lfw_faces["enroll"])[:2]
     gone = {fid for fid, p in photos.items() if p.parent.name == name}
     face = next(fid for fid, p in photos.items() if p.parent.name == other)
+    meta = meta_folder(pkl.store.root, "deleting")
+
     def stored(e: np.ndarray) -> float:  # the store keeps each embedding re-normalized
         v = np.asarray(e, dtype=np.float32)
         return float((v / float(np.linalg.norm(v)))[0])
 
-    coordinates = [struct.pack(">d", stored(lfw_faces["faces"][photos[f]][0].embedding))
+    coordinates = [struct.pack("<d", stored(lfw_faces["faces"][photos[f]][0].embedding))
                    for f in [*gone, face]]
     data = (folder / FILE).read_bytes()
-    assert all(c in data for c in coordinates)  # pickle keeps each float as 8 big-endian bytes
+    assert all(c in data for c in coordinates)  # npz keeps each float64 as 8 little-endian bytes
     assert pkl.delete_person(dom, name) == len(gone)
     pkl.delete_face(dom, face)
     pkl.purge(dom)
     data = (folder / FILE).read_bytes()
-    rows = pickle.loads(data)
+    rows = rows_of(folder / FILE)
     assert len(rows) == len(photos) - len(gone) - 1
     assert not any(c in data for c in coordinates)  # not a trace of their embeddings
     assert not [r for r in rows if f"/{person_folder(name)}/" in r["identity"]]
     assert not any(f"facesearch-{f}.jpg" in r["identity"] for r in rows for f in [*gone, face])
-    assert not (folder / "thumbnails" / f"{face}.jpg").exists()
-    assert sorted(p.name for p in folder.iterdir()) == sorted([FILE, SIDECAR, "thumbnails"])  # no temp
+    assert not (meta / THUMBNAILS / f"{face}.jpg").exists()
+    # DeepFace's db_path holds its datastore only (no temporary file, no photo-like thumbnail).
+    assert [p.name for p in folder.iterdir()] == [FILE]
+    assert sorted(p.name for p in meta.iterdir()) == sorted([SIDECAR, THUMBNAILS, LAST_GOOD])
+    assert not any(c in (meta / LAST_GOOD / FILE).read_bytes() for c in coordinates)
     assert name not in {p.name for p in pkl.list_people(dom)}
     with pytest.raises(NotFound):
         pkl.delete_face(dom, face)
@@ -203,18 +231,22 @@ def test_a_change_of_the_files_from_outside_is_picked_up(lfw_faces: dict,
                                            (0, 0, 9, 9), 1.0, b"\2" * 32)])
     assert pkl.search(dom, MODEL, [newcomer], k=1, threshold=0.01)[0][0].person == "Newcomer"
 
-    # The file rewritten in place as DeepFace would (open, pickle.dump): this person's rows
-    # dropped, a row of someone new added under DeepFace's own naming.
-    rows = [r for r in pickle.loads(path.read_bytes()) if f"/{name}/" not in r["identity"]]
+    # The file rewritten in place as DeepFace would: this person's rows dropped, a row of someone
+    # new added under DeepFace's own naming.
+    before = rows_of(path)
+    rows = [r for r in before if f"/{name}/" not in r["identity"]]
     rows.append(deepface_pkl.deepface_row("/srv/db/Ana Novak/1.jpg", "ab" * 20, query, (5, 6, 7, 8)))
-    with path.open("wb") as f:
-        pickle.dump(rows, f)
+    write_in_place(path, rows)
     os.utime(path, ns=(1, 1))  # even with an old mtime: the size or inode tells
     found = pkl.search(dom, MODEL, [query], k=3, threshold=THRESHOLD)[0]
     assert found[0].person == "Ana Novak" and found[0].distance < 1e-5
     assert name not in [m.person for m in found]
     assert name in {p.name for p in pkl.list_people(dom)}  # the person stays, without faces
     assert pkl.get_person(dom, name).faces == 0
+    # Noticed, and the file as facesearch last wrote it is kept.
+    (rewrite,) = pkl.outside_rewrites(dom)
+    assert (rewrite["file"], rewrite["dropped"]) == (FILE, len(before) - len(rows) + 1)
+    assert rows_of(Path(rewrite["last_good"])) == before
     ana = pkl.list_faces(dom, "Ana Novak")
     assert [(f.box, f.photo_sha256) for f in ana] == [
         ((5, 6, 7, 8), deepface_pkl.photo_key("/srv/db/Ana Novak/1.jpg", "ab" * 20).hex())]
@@ -225,9 +257,13 @@ def test_a_change_of_the_files_from_outside_is_picked_up(lfw_faces: dict,
                        if f.person == "Ana Novak"]
         assert exported.id == ana[0].id
         assert (exported.source, exported.source_hash) == ("/srv/db/Ana Novak/1.jpg", "ab" * 20)
-    sidecar = json.loads((path.parent / SIDECAR).read_text())
+    sidecar = json.loads((meta_folder(pkl.store.root, "outside") / SIDECAR).read_text())
     assert {f["id"] for f in sidecar["faces"]} == {
-        int(r["identity"].rpartition("facesearch-")[2][:-4]) for r in pickle.loads(path.read_bytes())}
+        int(r["identity"].rpartition("facesearch-")[2][:-4]) for r in rows_of(path)}
+    # After that write the rewrite stays on record, its copy kept apart from the new last good one.
+    (kept,) = sidecar["outside_rewrites"]
+    assert ".before-" in kept["last_good"] and rows_of(Path(kept["last_good"])) == before
+    assert pkl.outside_rewrites(dom) == [kept]
 
 
 def test_the_domain_model_is_in_its_sidecar(pkl: BlockingPklGallery) -> None:
@@ -243,12 +279,12 @@ def test_the_domain_model_is_in_its_sidecar(pkl: BlockingPklGallery) -> None:
                                    for i in range(n)])
 
     def sidecar(name: str) -> dict:
-        return json.loads((root / name / SIDECAR).read_text())
+        return json.loads((meta_folder(root, name) / SIDECAR).read_text())
 
     mine = pkl.create_domain("mine", model=SFACE_MODEL)
     faces(mine, SFACE_MODEL, 2)
     own = model_file(SFACE_MODEL)
-    assert own == "ds_model_sface-2021dec_detector_yunet_aligned_normalization_base_expand_0.pkl"
+    assert own == "ds_model_sface-2021dec_detector_yunet_aligned_normalization_base_expand_0.npz"
     assert (root / "mine" / own).is_file() and deepface_pkl.model_from_filename(own) is None
     assert sidecar("mine")["domain"]["model"] == SFACE_MODEL
     faces(pkl.create_domain("mixed", model=MODEL), MODEL, 2)
@@ -257,7 +293,7 @@ def test_the_domain_model_is_in_its_sidecar(pkl: BlockingPklGallery) -> None:
     for name in ("mine", "mixed", "empty"):  # as the previous release wrote them
         meta = sidecar(name)
         del meta["domain"]["model"]
-        (root / name / SIDECAR).write_text(json.dumps(meta))
+        (meta_folder(root, name) / SIDECAR).write_text(json.dumps(meta))
     with BlockingPklGallery(root) as old:
         assert {d.name: d.model for d in old.list_domains()} == {
             "mine": SFACE_MODEL, "mixed": MODEL, "empty": MODEL}
@@ -371,7 +407,7 @@ def test_cli_in_pkl_mode_starts_no_database(lfw_faces: dict, tmp_path: Path, cli
 def test_a_bad_store_name_is_a_clear_error(cli, tmp_path: Path) -> None:
     proc = cli("domains", "list", check=False,
                env={"FACESEARCH_HOME": str(tmp_path), "FACESEARCH_STORE": "sqlite"})
-    assert proc.returncode == 1 and "FACESEARCH_STORE must be 'pgvector' or 'pkl'" in proc.stderr
+    assert proc.returncode == 1 and "FACESEARCH_STORE must be 'pgvector' or 'deepface'" in proc.stderr
     assert not (tmp_path / "pgdata").exists()
 
 
@@ -391,4 +427,23 @@ def test_concurrent_writers_of_one_domain_lose_nothing(pkl: BlockingPklGallery) 
 
     ids = [i for r in pkl.run(all_at_once()) for i in r]
     assert sorted(ids) == list(range(1, 21))
-    assert len(pickle.loads((pkl.store.root / "busy" / FILE).read_bytes())) == 20
+    assert len(rows_of(pkl.store.root / "busy" / FILE)) == 20
+
+
+def test_a_gallery_in_the_old_layout_is_moved_out_of_deepfaces_folder(pkl: BlockingPklGallery) -> None:
+    """Before DeepFace-store mode the sidecar and thumbnails were in the domain's folder, where
+    DeepFace.find took the thumbnails for photos: they move out on first use, nothing lost."""
+    dom = pkl.create_domain("old-layout", model=MODEL)
+    pid = pkl.person_id(dom, "P", create=True)
+    (fid,) = pkl.add_faces(dom, MODEL, [NewFace(pid, np.eye(128, dtype=np.float32)[5], (0, 0, 9, 9),
+                                                None, b"\7" * 32, b"\xff\xd8thumb")])
+    root, meta = pkl.store.root, meta_folder(pkl.store.root, "old-layout")
+    folder = root / "old-layout"
+    os.replace(meta / SIDECAR, folder / SIDECAR)  # as the previous release laid it out
+    os.replace(meta / THUMBNAILS, folder / THUMBNAILS)
+    with BlockingPklGallery(root) as again:
+        d = again.get_domain("old-layout")
+        assert [f.id for f in again.list_faces(d)] == [fid]
+        assert again.face_thumbnail(d, fid) == b"\xff\xd8thumb"
+    assert sorted(p.name for p in folder.iterdir()) == [FILE]
+    assert (meta / SIDECAR).is_file() and (meta / THUMBNAILS / f"{fid}.jpg").is_file()

@@ -6,6 +6,7 @@ import os
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -102,9 +103,11 @@ class Settings:
     # The service's admin key; unset: one is generated at first start (see service.auth).
     admin_key: str | None = field(default=None, repr=False)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # Where galleries live: "pgvector" (PostgreSQL) or "pkl" (DeepFace PKL files under home/pkl, no
-    # database at all; see store/pkl.py).
+    # Where galleries live: "pgvector" (PostgreSQL) or "deepface" (alias "pkl": DeepFace's own
+    # datastore files under home/pkl, no database at all; see store/pkl.py), new files in
+    # deepface_format (npz: DeepFace 0.0.102 on; pkl for older DeepFace).
     store: str = "pgvector"
+    deepface_format: str = "npz"
     # Retention of unknown faces (domains with keep_unknown): at most this many per domain, none
     # older than this many days; the oldest go first. 5,000 keeps a full re-cluster near 100 MB.
     unknown_max_faces: int = 5000
@@ -146,6 +149,7 @@ class Settings:
             admin_key=os.environ.get("FACESEARCH_ADMIN_KEY") or None,
             workers=int(_env_number("FACESEARCH_WORKERS", os.cpu_count() or 1)),
             store=(os.environ.get("FACESEARCH_STORE") or "pgvector").strip().lower(),
+            deepface_format=(os.environ.get("FACESEARCH_DEEPFACE_FORMAT") or "npz").strip().lower(),
             unknown_max_faces=int(_env_number("FACESEARCH_UNKNOWN_MAX_FACES", 5000)),
             unknown_max_days=float(_env_number("FACESEARCH_UNKNOWN_MAX_DAYS", 90.0, float)),
             max_json=int(_env_number("FACESEARCH_MAX_JSON_KB", 64, float) * 1024),
@@ -185,6 +189,12 @@ class Settings:
         """The recognize (1:N) threshold for a domain of ``model``: FACESEARCH_THRESHOLD if set,
         else the model's calibrated default."""
         return default_thresholds(model)[0] if self.threshold is None else self.threshold
+
+    def threshold_of(self, domain: Any) -> float:
+        """A domain's recognize threshold: its own if set (import-deepface calibrates one for a
+        gallery DeepFace embedded), else :meth:`recognize_threshold` of its model."""
+        own = getattr(domain, "threshold", None)
+        return self.recognize_threshold(domain.model) if own is None else float(own)
 
     def verify_threshold_for(self, model: str) -> float:
         """The verify (1:1) threshold for ``model``: FACESEARCH_VERIFY_THRESHOLD if set, else

@@ -117,7 +117,7 @@ def deepface_model(name: str) -> str:
 
 def model_from_filename(filename: str) -> str | None:
     """The DeepFace model a PKL file's name says (see the module docstring), or None."""
-    stem = Path(filename).name.lower().removesuffix(".pkl")
+    stem = re.sub(r"\.(pkl|npz|feather|parquet)$", "", Path(filename).name.lower())
     for prefix in ("ds_model_", "ds_", "representations_"):
         if stem.startswith(prefix):
             tokens = stem[len(prefix):].split("_")
@@ -174,6 +174,7 @@ class PklContents:
     no_face: int = 0  # rows whose embedding is None (DeepFace found no face in the photo)
     several_faces: int = 0  # photos with several face rows: the largest is imported
     other_faces: int = 0  # the rows of those photos not imported
+    format: str = "pkl"  # the file's format, from its bytes (see deepface_files.sniff)
 
     @property
     def people(self) -> set[str]:
@@ -250,27 +251,48 @@ def _matrix(embeddings: list[Any], rows: list[tuple[Any, ...]]) -> np.ndarray:
 
 
 def read_pkl(path: Path) -> PklContents:
-    """Read and check a DeepFace PKL file completely (nothing stored yet): every row must be the
-    same generation and every face the same dimension, with finite numbers not all zero."""
+    """Read and check a DeepFace datastore (pkl, npz, feather or parquet: told by its bytes)
+    completely (nothing stored yet): every row must be the same generation and every face the
+    same dimension, with finite numbers not all zero."""
+    return read_datastore(path.read_bytes(), path)
+
+
+def read_datastore(raw: bytes, path: Path) -> PklContents:
+    """:func:`read_pkl` of a file's bytes already read (``path`` names it in messages)."""
     # The cyclic GC would scan the growing rows again and again while millions of floats and
     # thousands of lists are made (~40 % of the unpickling time of a 25,000-row file); the rows
     # hold no cycles.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _read_pkl(path)
+        return _read_datastore(raw, path)
     finally:
         if enabled:
             gc.enable()
 
 
-def _read_pkl(path: Path) -> PklContents:
+def _read_datastore(raw: bytes, path: Path) -> PklContents:
+    from . import deepface_files
+
+    fmt = deepface_files.sniff(raw)
+    if fmt != "pkl":
+        contents = _contents(deepface_files.read_rows(raw, fmt, path.name), path)
+        contents.format = fmt
+        return contents
     try:
-        data = safe_load(path.read_bytes())
+        data = safe_load(raw)
     except InvalidPkl as exc:
-        raise InvalidPkl(f"{path.name}: {exc.message}") from None
+        raise InvalidPkl(f"{path.name}: {exc.message}. DeepFace's datastores are pkl (up to "
+                         "DeepFace 0.0.101), npz, feather or parquet (0.0.102 on); this file's "
+                         "bytes are none of them") from None
+    del raw
     if not isinstance(data, list):
         raise InvalidPkl(f"{path.name} holds a {type(data).__name__}, not DeepFace's list of rows")
+    return _contents(data, path)
+
+
+def _contents(data: list[Any], path: Path) -> PklContents:
+    """Check every row (see :func:`read_pkl`) and keep one face per person and photo."""
     contents = PklContents(generation=0, rows=len(data), faces=[], dim=None)
     rows = []  # (index, row, identity, hash, box, person) of the rows with a face
     embeddings: list[Any] = []

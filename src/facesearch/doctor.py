@@ -648,10 +648,13 @@ def libpq_here() -> bool:
     return bool(LIBPQ.search(maps)) if maps is not None else "psycopg" in sys.modules
 
 
-def check_this_process() -> Check:
+def check_this_process(database: bool = True) -> Check:
+    """No model runtime here. ``database`` False (PKL mode): libpq may be mapped (the store
+    package imports psycopg) but no connection is ever opened, so it is reported as unused."""
     found = runtimes_here()
     name = "process: this"
-    libpq = "libpq loaded" if libpq_here() else "libpq not loaded"
+    libpq = ("libpq not loaded" if not libpq_here() else "libpq loaded" if database
+             else "no database connection (PKL mode)")
     if found:
         return Check(name, FAIL, f"pid {os.getpid()}: {', '.join(found)} loaded in the API/CLI process "
                      f"({libpq})", "a module imports a model runtime at import time; runtimes belong "
@@ -725,20 +728,30 @@ def check_pkl_store(settings: Settings) -> tuple[Check, dict[str, int] | None, l
 
     root = settings.home / "pkl"
     try:
-        with BlockingPklGallery(root) as gallery:
+        with BlockingPklGallery(root, settings.deepface_format) as gallery:
             domains = gallery.list_domains()
             in_use = sorted({d.model for d in domains})
             stored: dict[str, int] = {}
+            rewrites = []
             for info in domains:
-                for model in gallery.face_models(gallery.get_domain(info.name)):
+                domain = gallery.get_domain(info.name)
+                for model in gallery.face_models(domain):
                     stored[model] = model_dim(model)
+                rewrites += [(info.name, r) for r in gallery.outside_rewrites(domain)]
     except Exception as exc:
         return Check("store", FAIL, f"PKL mode: the files in {root} cannot be read: "
                      f"{type(exc).__name__}: {exc}",
                      "restore the domain's files from a backup, or move them away"), None, []
     faces = sum(d.faces for d in domains)
-    return Check("store", OK, f"PKL mode (no database): {len(domains)} domains, {faces} faces in "
-                 f"{root}; searched exactly, in memory"), stored, in_use
+    summary = (f"DeepFace-store mode (no database): {len(domains)} domains, {faces} faces in {root}; "
+               "searched exactly, in memory")
+    if rewrites:
+        lost = "; ".join(f"{d}: {r['file']} lost {r['dropped']} faces ({r['found_at'][:19]}), last "
+                         f"good copy {r['last_good']}" for d, r in rewrites[-5:])
+        return Check("store", WARN, f"{summary}. Rewritten outside facesearch: {lost}",
+                     "something else (DeepFace.find over a folder with photos in it?) rewrote the "
+                     "file; copy the last good copy back over it to restore those faces"), stored, in_use
+    return Check("store", OK, summary), stored, in_use
 
 
 def run(settings: Settings) -> Iterator[Check]:
@@ -787,7 +800,7 @@ def run(settings: Settings) -> Iterator[Check]:
             workers_clean = workers.status == OK
             workers_tf = "tensorflow" in workers_runtimes(pool.pids())
             yield workers
-    yield check_this_process()
+    yield check_this_process(database=not uses_pkl(settings.store))
     yield check_tls_and_tensorflow(tls, workers_clean, workers_tf)
 
 

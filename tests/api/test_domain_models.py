@@ -132,3 +132,31 @@ def test_verify_with_a_domains_model_or_a_named_one(side_by_side: dict, server: 
         assert mine.status_code == 200 and mine.json()["model"] == DLIB_MODEL
         assert_error(client.post("/v1/verify", files=files, params={"domain": DEFAULT_DOMAIN}), 403)
         assert_error(client.post("/v1/verify", files=files, params={"domain": "models-none"}), 403)
+
+
+def test_a_domain_threshold_is_its_own_until_its_model_changes(side_by_side: dict, server: Server,
+                                                               db_url: str) -> None:
+    """PATCH threshold: recognize answers at it when the request names none; null, or a new
+    model, brings back the model's."""
+    photo = next(iter(side_by_side["held_out"].values()))
+    model_default = default_thresholds(DLIB_MODEL)[0]
+    url = f"/v1/domains/{DLIB_DOMAIN}"
+    r = server.admin.patch(url, json={"threshold": 0.0001})  # nobody is that close
+    assert r.status_code == 200 and r.json()["threshold"] == pytest.approx(0.0001), r.text
+    got = server.admin.post(f"{url}/recognize", files={"photo": jpeg(photo)}).json()
+    assert got["threshold"] == pytest.approx(0.0001) and not got["faces"][0]["matches"]
+    again = server.admin.post(f"{url}/recognize", params={"threshold": 0.2},
+                              files={"photo": jpeg(photo)}).json()
+    assert again["threshold"] == 0.2 and again["faces"][0]["matches"]  # the request's own wins
+    assert_error(server.admin.patch(url, json={"threshold": 3}), 422)
+    assert server.admin.patch(url, json={"threshold": None}).json()["threshold"] == model_default
+    server.admin.patch(url, json={"threshold": 0.06})
+    assert server.admin.get(url).json()["threshold"] == pytest.approx(0.06)
+    from facesearch.store import BlockingGallery
+
+    with BlockingGallery(db_url) as g:  # a new model: its distances, its threshold
+        assert g.set_domain_model(DLIB_DOMAIN, DLIB_MODEL).threshold == pytest.approx(0.06)
+        assert g.set_domain_model(DLIB_DOMAIN, DEFAULT_MODEL).threshold is None
+        g.set_domain_model(DLIB_DOMAIN, DLIB_MODEL)
+    assert server.admin.get(url).json()["threshold"] == model_default
+    assert_error(server.client("fsk_not_a_key").patch(url, json={"threshold": 0.1}), 401)

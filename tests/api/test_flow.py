@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from facesearch import deepface_pkl
-from facesearch.store.pkl import SIDECAR, person_folder
+from facesearch import deepface_files
+from facesearch.store.pkl import SIDECAR, meta_folder, person_folder
 
 from ..conftest import STORES, photos_of
 from .conftest import ADMIN_KEY, Server, assert_error, jpeg, pick_people
@@ -219,12 +219,13 @@ def test_delete_person_removes_biometric_data(flow: dict, request: pytest.Fixtur
                               (DOMAIN, pid)).fetchone() == (0,)
     else:  # PKL mode: their rows are gone from the DeepFace file, they from the sidecar
         folder = flow["server"].home / "pkl" / DOMAIN
-        (pkl,) = folder.glob("ds_model_*.pkl")
-        rows = deepface_pkl.safe_load(pkl.read_bytes())
+        (datastore,) = folder.glob("ds_model_*.npz")  # DeepFace's current format
+        data = datastore.read_bytes()
+        rows = deepface_files.read_rows(data, "npz", datastore.name)
         assert rows and not [r for r in rows if f"/{person_folder(name)}/" in r["identity"]]
         assert not [f for f in faces if any(r["identity"].endswith(f"/facesearch-{f['id']}.jpg")
                                             for r in rows)]
-        sidecar = json.loads((folder / SIDECAR).read_text())
+        sidecar = json.loads((meta_folder(folder.parent, DOMAIN) / SIDECAR).read_text())
         assert pid not in {p["id"] for p in sidecar["people"]} | {f["person_id"] for f in sidecar["faces"]}
         assert not (flow["server"].home / "pgdata").exists()  # and no database was ever made
     after = client.post(f"/v1/domains/{DOMAIN}/recognize", files={"photo": jpeg(photo)}).json()

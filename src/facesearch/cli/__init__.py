@@ -132,9 +132,10 @@ class FacesearchGroup(click.Group):
 @click.option("--min-face", type=click.IntRange(20, 10_000), metavar="PX",
               help="Smallest face looked for, in pixels (env FACESEARCH_MIN_FACE; default 40; "
                    "80 is ~3x faster on small photos).")
-@click.option("--store", type=click.Choice(["pgvector", "pkl"]),
+@click.option("--store", type=click.Choice(["pgvector", "deepface", "pkl"]),
               help="Where galleries live (env FACESEARCH_STORE; default pgvector): PostgreSQL, or "
-                   "pkl: DeepFace PKL files in the data directory, no database.")
+                   "deepface (alias pkl): DeepFace's own datastore files in the data directory, "
+                   "no database.")
 @click.pass_context
 def cli(ctx: click.Context, **options: Any) -> None:
     """Face recognition against per-domain galleries on PostgreSQL + pgvector. Each domain has a

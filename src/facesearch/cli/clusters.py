@@ -28,16 +28,29 @@ def _cluster_dict(c: Any) -> dict:
 @click.option("--keep-unknown/--no-keep-unknown", default=None, help=(
     "Keep the faces recognize matches to nobody, to cluster and name later (biometric data of "
     "people never enrolled; off by default)."))
+@click.option("--threshold", type=click.FloatRange(0, 2), help=(
+    "The domain's own recognize threshold (cosine distance), e.g. what import-deepface measured "
+    "for a gallery DeepFace embedded."))
+@click.option("--model-threshold", is_flag=True, help="Back to the threshold of the domain's model.")
 @click.pass_obj
-def domains_update(obj: Context, name: str, keep_unknown: bool | None) -> None:
+def domains_update(obj: Context, name: str, keep_unknown: bool | None, threshold: float | None,
+                   model_threshold: bool) -> None:
     """Change a domain's settings."""
     from ..store import unknown
 
-    if keep_unknown is None:
-        raise click.UsageError("nothing to change: give --keep-unknown or --no-keep-unknown")
+    if keep_unknown is None and threshold is None and not model_threshold:
+        raise click.UsageError("nothing to change: give --[no-]keep-unknown, --threshold or "
+                               "--model-threshold")
+    if threshold is not None and model_threshold:
+        raise click.UsageError("give --threshold or --model-threshold, not both")
     with obj.gallery() as gallery:
-        _run(gallery, unknown.set_keep_unknown, name, keep_unknown)
-    click.echo(f"domain {name}: keep_unknown {'on' if keep_unknown else 'off'}")
+        if keep_unknown is not None:
+            _run(gallery, unknown.set_keep_unknown, name, keep_unknown)
+            click.echo(f"domain {name}: keep_unknown {'on' if keep_unknown else 'off'}")
+        if threshold is not None or model_threshold:
+            dom = gallery.set_domain_threshold(name, threshold)
+            click.echo(f"domain {name}: recognize threshold {obj.settings.threshold_of(dom)}"
+                       + (" (its model's)" if dom.threshold is None else ""))
 
 
 @cli.group()
@@ -134,7 +147,7 @@ def cluster_folder(obj: Context, folder: Path, domain: str, as_json: bool) -> No
         if not dom.keep_unknown:
             raise FacesearchError(f"domain {domain} does not keep unknown faces: turn it on with "
                                   f"'facesearch domains update {domain} --keep-unknown' first")
-        threshold = s.recognize_threshold(dom.model)
+        threshold = s.threshold_of(dom)
         window = pool.workers * 4
         futures = {}
         with tqdm(total=len(photos), desc=f"clustering {folder.name}", unit="photo", file=sys.stderr,
@@ -199,7 +212,7 @@ def audit(obj: Context, domain: str, limit: int, as_json: bool) -> None:
         dom = gallery.get_domain(domain)
         face_ids, person_ids, emb, people = _run(gallery, unknown.gallery_embeddings, dom)
     report = audit_report(face_ids, person_ids, emb, people, dom.model,
-                          obj.settings.recognize_threshold(dom.model), limit)
+                          obj.settings.threshold_of(dom), limit)
     if as_json:
         emit(report)
         return

@@ -30,10 +30,13 @@ def domains_list(obj: Context, as_json: bool) -> None:
         rows = gallery.list_domains()
     if as_json:
         emit([{"name": d.name, "model": d.model, "people": d.people, "faces": d.faces,
-               "created_at": d.created_at.isoformat(), "keep_unknown": d.keep_unknown} for d in rows])
+               "created_at": d.created_at.isoformat(), "keep_unknown": d.keep_unknown,
+               "threshold": obj.settings.threshold_of(d), "own_threshold": d.threshold is not None}
+              for d in rows])
         return
     for d in rows:
-        click.echo(f"{d.name}\t{d.model}\t{d.people} people\t{d.faces} faces")
+        own = "" if d.threshold is None else f"\tthreshold {d.threshold}"
+        click.echo(f"{d.name}\t{d.model}\t{d.people} people\t{d.faces} faces{own}")
 
 
 @domains.command("create")
@@ -112,7 +115,7 @@ def domains_set_model(obj: Context, domain: str, model: str, people_dir: Path, y
         previous = dom.model
         with obj.pool(len(items), model) as pool:
             enroll_items(obj, pool, gallery, dom, model, items, report,
-                         f"enrolling {domain} under {model}")
+                         f"enrolling {domain} under {model}", root=people_dir)
         if report.enrolled + report.already_enrolled == 0:
             raise FacesearchError(f"no photo of {people_dir} could be enrolled under {model} ("
                                   f"{len(report.no_face)} without a face, {len(report.unreadable)} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -77,28 +78,31 @@ def people_photos(paths: tuple[Path, ...], person: str | None) -> list[tuple[str
 
 
 def enroll_items(obj: Context, pool: ModelPool, gallery: BlockingGallery, dom: Domain, model: str,
-                 items: list[tuple[str, Path]], report: EnrollReport, desc: str) -> None:
+                 items: list[tuple[str, Path]], report: EnrollReport, desc: str,
+                 root: Path | None = None) -> None:
     """Embed each photo's largest face with ``model`` and store it for the person named, with a
     progress bar. People are found by name (created if new); a photo already enrolled for that
-    person under ``model`` (same SHA-256) is skipped before it reaches the model."""
+    person under ``model`` (same SHA-256) is skipped before it reaches the model. Photos under
+    ``root`` (a people folder, DeepFace's db_path) keep their path relative to it, so that an
+    export into that db_path names them as DeepFace does."""
     from tqdm import tqdm
 
     from ..store import NewFace
 
     people = {p.name: p.id for p in gallery.list_people(dom, limit=10**9)}
     done = gallery.enrolled_hashes(dom, model)
-    pending: list[tuple[str, Face, bytes]] = []
+    pending: list[tuple[str, Face, bytes, Path]] = []
     # Photos go to the workers in small batches: one network call embeds a whole batch.
     batch_size = max(1, min(8, len(items) // (pool.workers * 4)))
     batch: list[tuple[str, Path, bytes, bytes]] = []
     in_flight: deque[tuple[Future, list[tuple[str, Path, bytes]]]] = deque()
 
     def flush() -> None:
-        people.update(gallery.ensure_people(dom, {name for name, _, _ in pending}))
+        people.update(gallery.ensure_people(dom, {name for name, *_ in pending}))
         ids = gallery.add_faces(dom, model, [
             NewFace(people[name], f.embedding, (f.box.x, f.box.y, f.box.w, f.box.h), f.score, sha,
-                    f.thumbnail)
-            for name, f, sha in pending])
+                    f.thumbnail, source=None if root is None else path.relative_to(root).as_posix())
+            for name, f, sha, path in pending])
         added = sum(i is not None for i in ids)
         report.enrolled += added
         # Rows skipped by the store were enrolled meanwhile (a concurrent run, or the same
@@ -115,7 +119,7 @@ def enroll_items(obj: Context, pool: ModelPool, gallery: BlockingGallery, dom: D
             if result.faces_found > 1:
                 report.several_faces.append(f"{path} ({result.faces_found} faces)")
             report.people.add(name)
-            pending.append((name, result.faces[0], sha))  # the largest face
+            pending.append((name, result.faces[0], sha, path))  # the largest face
             if len(pending) >= 256:
                 flush()
 
@@ -183,7 +187,8 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
     with obj.pool(len(items), warm=True) as pool, obj.gallery() as gallery:
         dom = gallery.create_domain(domain, model=obj.settings.model, exist_ok=True)
         check_model_files(dom.model)
-        enroll_items(obj, pool, gallery, dom, dom.model, items, report, f"enrolling into {domain}")
+        enroll_items(obj, pool, gallery, dom, dom.model, items, report, f"enrolling into {domain}",
+                     root=None if person is not None else paths[0])
 
     if as_json:
         emit({**report.as_dict(), "domain": domain, "model": dom.model})
@@ -211,7 +216,8 @@ def enroll(obj: Context, paths: tuple[Path, ...], domain: str, person: str | Non
                    "domain's model).")
 @click.option("--max-faces", type=click.IntRange(1, 1000), help="Faces processed, largest first.")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object (one per line when several photos are given).")
+              help="JSON Lines: one object per photo, one line each (a photo that failed: "
+                   "{photo, error}).")
 @click.pass_obj
 def recognize(obj: Context, photos: tuple[Path, ...], domain: str, top_k: int,
               threshold: float | None, max_faces: int | None, as_json: bool) -> None:
@@ -224,11 +230,13 @@ def recognize(obj: Context, photos: tuple[Path, ...], domain: str, top_k: int,
     with obj.pool(len(photos), warm=True) as pool, obj.gallery() as gallery:
         dom = gallery.get_domain(domain)
         check_model_files(dom.model)
-        threshold = s.recognize_threshold(dom.model) if threshold is None else threshold
+        threshold = s.threshold_of(dom) if threshold is None else threshold
         window = pool.workers * 4
         futures: dict[Path, Future[Analysis]] = {}
+        started: dict[Path, float] = {}  # when each photo was read and sent
 
         def submit(photo: Path) -> None:
+            started[photo] = time.perf_counter()
             futures[photo] = pool.submit(photo.read_bytes(), max_pixels=s.max_pixels,
                                          max_faces=max_faces or s.max_faces, min_face=s.min_face,
                                          model=dom.model)
@@ -249,16 +257,20 @@ def recognize(obj: Context, photos: tuple[Path, ...], domain: str, top_k: int,
                     click.echo(json.dumps({"photo": str(photo), "error": {
                         "code": exc.code, "message": exc.message}}))
                 continue
+            searched = time.perf_counter()
             results = gallery.search(dom, dom.model, [f.embedding for f in analysis.faces],
                                      k=top_k, threshold=threshold)
+            done = time.perf_counter()
             _print_recognition(photo, analysis, results, domain, dom.model, threshold, top_k,
-                               as_json, one_line=len(photos) > 1)
+                               as_json, search_ms=(done - searched) * 1e3,
+                               total_ms=(done - started.pop(photo)) * 1e3)
     if failed:
         raise FacesearchError(f"{failed} of {len(photos)} photos could not be processed")
 
 
 def _print_recognition(photo: Path, analysis: Analysis, results: list, domain: str, model: str,
-                       threshold: float, top_k: int, as_json: bool, one_line: bool) -> None:
+                       threshold: float, top_k: int, as_json: bool, search_ms: float,
+                       total_ms: float) -> None:
     faces = []
     for face, matches in zip(analysis.faces, results, strict=True):
         faces.append({**face.as_dict(), "matches": [
@@ -269,9 +281,9 @@ def _print_recognition(photo: Path, analysis: Analysis, results: list, domain: s
         data = {"photo": str(photo), "faces": faces, "faces_found": analysis.faces_found,
                 "model": model, "domain": domain, "threshold": threshold, "top_k": top_k,
                 "image": {"width": analysis.width, "height": analysis.height},
-                "timings_ms": {k: round(v, 1) for k, v in analysis.timings_ms.items()}}
-        click.echo(json.dumps(data, ensure_ascii=False) if one_line else
-                   json.dumps(data, indent=2, ensure_ascii=False))
+                "timings_ms": {**{k: round(v, 1) for k, v in analysis.timings_ms.items()},
+                               "search": round(search_ms, 1), "total": round(total_ms, 1)}}
+        click.echo(json.dumps(data, ensure_ascii=False))  # JSON Lines: one line per photo
         return
     click.echo(f"{photo}: {analysis.faces_found} face(s); domain {domain}, model {model}, "
                f"threshold {threshold}")

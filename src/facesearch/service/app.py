@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db: AsyncConnectionPool | PklStore
         private_home(settings.home)
         if uses_pkl(settings.store):  # DeepFace PKL files: no database started or contacted
-            db = PklStore(settings.home / "pkl")
+            db = PklStore(settings.home / "pkl", settings.deepface_format)
             await db.open()
         else:
             url = await asyncio.to_thread(database_url, settings)  # starts the embedded server if needed

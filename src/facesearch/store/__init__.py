@@ -195,7 +195,7 @@ def open_gallery(settings: Settings) -> Iterator[BlockingGallery]:
     from .pkl import BlockingPklGallery, uses_pkl
 
     if uses_pkl(settings.store):
-        with BlockingPklGallery(settings.home / "pkl") as pkl:
+        with BlockingPklGallery(settings.home / "pkl", settings.deepface_format) as pkl:
             yield pkl  # the same methods, over PklGallery
         return
     with BlockingGallery(database_url(settings)) as gallery:

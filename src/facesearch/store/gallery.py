@@ -60,6 +60,7 @@ class Domain:
     name: str
     model: str  # what its enrollments embed with and its searches compare under
     keep_unknown: bool = False  # keeps the faces recognize matched to nobody (store/unknown.py)
+    threshold: float | None = None  # its own recognize threshold; None: the model's
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class DomainInfo:
     created_at: datetime
     model: str
     keep_unknown: bool = False
+    threshold: float | None = None  # the domain's own (set_domain_threshold); None: the model's
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class NewFace:
     score: float | None  # the detector's; None for imported faces
     photo_sha256: bytes
     thumbnail: bytes | None = None
-    # Imported faces: where they came from (DeepFace's identity path and its hash of the photo).
+    # Where the photo came from: imported faces keep DeepFace's identity path and its hash of the
+    # photo; faces enrolled from a people folder their path relative to it (no hash).
     source: str | None = None
     source_hash: str | None = None
 
@@ -210,7 +213,7 @@ _PEOPLE_WHERE = ("p.domain_id = %(domain)s"
                  " AND (%(search)s::text IS NULL OR p.name ILIKE '%%' || %(search)s || '%%')")
 _DOMAIN_INFO = ("SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id = d.id),"
                 " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model,"
-                " d.keep_unknown FROM domains d")
+                " d.keep_unknown, d.recognize_threshold FROM domains d")
 _KEY = "id, name, prefix, created_at, last_used_at"
 # add_faces' binary COPY columns, in order.
 _NEW_FACE_TYPES = ["integer", "bigint", "bigint", "bigint", "smallint", "vector", "integer", "integer",
@@ -255,7 +258,8 @@ class Gallery:
     # -- domains ---------------------------------------------------------------------------------
 
     async def get_domain(self, name: str) -> Domain:
-        row = await self._one("SELECT id, name, model, keep_unknown FROM domains WHERE name = %s",
+        row = await self._one("SELECT id, name, model, keep_unknown, recognize_threshold FROM domains"
+                              " WHERE name = %s",
                               (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
@@ -282,9 +286,19 @@ class Gallery:
         """Switch a domain to another model: from now on it enrolls and searches with ``model``.
         Its faces of other models stay (unsearched) until :meth:`delete_model_faces`."""
         model_dim(model)
-        row = await self._one("UPDATE domains SET model = %s WHERE name = %s"
-                              " RETURNING id, name, model, keep_unknown",
-                              (model, names.domain_name(name)))
+        row = await self._one("UPDATE domains SET model = %s, recognize_threshold = CASE WHEN"
+                              " model = %s THEN recognize_threshold END WHERE name = %s"
+                              " RETURNING id, name, model, keep_unknown, recognize_threshold",
+                              (model, model, names.domain_name(name)))
+        if row is None:
+            raise NotFound(f"unknown domain {name!r}")
+        return Domain(*row)
+
+    async def set_domain_threshold(self, name: str, threshold: float | None) -> Domain:
+        """Give a domain its own recognize threshold (None: back to its model's)."""
+        row = await self._one("UPDATE domains SET recognize_threshold = %s WHERE name = %s"
+                              " RETURNING id, name, model, keep_unknown, recognize_threshold",
+                              (threshold, names.domain_name(name)))
         if row is None:
             raise NotFound(f"unknown domain {name!r}")
         return Domain(*row)

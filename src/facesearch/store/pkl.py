@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import inspect
 import json
+import logging
 import os
 import re
 import secrets
@@ -49,7 +50,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from .. import deepface_pkl, names
+from .. import deepface_files, deepface_pkl, names
 from ..errors import Conflict, FacesearchError, InvalidName, NotFound, StoreError
 from ..models import DEEPFACE_PREFIX, DLIB_MODEL, MODEL_DIMS, model_dim
 from .gallery import (
@@ -71,11 +72,17 @@ from .gallery import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 STORE_FILE = "facesearch-store.json"
 SIDECAR = "facesearch-domain.json"
 THUMBNAILS = "thumbnails"
+LAST_GOOD = "last-good"
+# What DeepFace must never see lives beside the domains' folders, not in them: DeepFace.find walks
+# its db_path and takes every photo in it (thumbnails were once taken for people "thumbnails").
+META = ".facesearch"
 _FORMAT = 1
+_OUTSIDE_KEPT = 20  # outside rewrites remembered per domain (doctor reports them)
 # DeepFace names a file for the detector that found the faces: ours is dlib's (HOG or MMOD), and an
 # imported deepface:<Name> gallery most likely came from DeepFace's default, opencv.
 _OUR_DETECTOR = "dlib"
@@ -87,12 +94,19 @@ _LOCK_TIMEOUT = 120.0
 
 
 def uses_pkl(store: str) -> bool:
-    """Whether ``Settings.store`` names PKL mode; anything but pgvector or pkl is refused."""
-    if store == "pkl":
+    """Whether ``Settings.store`` names DeepFace-store mode ("deepface", or "pkl", its name from
+    when DeepFace wrote only PKL); anything but those and pgvector is refused."""
+    if store in ("deepface", "pkl"):
         return True
     if store == "pgvector":
         return False
-    raise FacesearchError(f"FACESEARCH_STORE must be 'pgvector' or 'pkl', not {store!r}")
+    raise FacesearchError(f"FACESEARCH_STORE must be 'pgvector' or 'deepface' (alias 'pkl'), not "
+                          f"{store!r}")
+
+
+def meta_folder(root: Path, name: str) -> Path:
+    """Where a domain's sidecar, thumbnails and last good copies are: outside its db_path."""
+    return root / META / name
 
 
 def _deepface_has(model: str) -> bool:
@@ -100,25 +114,33 @@ def _deepface_has(model: str) -> bool:
     return model == DLIB_MODEL or model.startswith(DEEPFACE_PREFIX)
 
 
-def model_file(model: str) -> str:
-    """The file a model's faces are kept in: DeepFace's current name for it. facesearch's own
-    models that DeepFace lacks (sface-2021dec, sface-dlib-v1) get a name of the same form with
-    facesearch's model name and its YuNet detector, which DeepFace never reads."""
+def model_file(model: str, fmt: str = "npz") -> str:
+    """The file a model's faces are kept in: DeepFace's current name for it, in format ``fmt``.
+    facesearch's own models that DeepFace lacks (sface-2021dec, sface-dlib-v1) get a name of the
+    same form with facesearch's model name and its YuNet detector, which DeepFace never reads."""
     model_dim(model)
+    if fmt not in DATASTORE_SUFFIXES:
+        raise FacesearchError(f"FACESEARCH_DEEPFACE_FORMAT must be one of "
+                              f"{', '.join(DATASTORE_SUFFIXES)}, not {fmt!r}")
     if not _deepface_has(model):
-        return f"ds_model_{model}_detector_yunet_aligned_normalization_base_expand_0.pkl"
+        return f"ds_model_{model}_detector_yunet_aligned_normalization_base_expand_0.{fmt}"
     return deepface_pkl.export_filename(
-        model, detector=_OUR_DETECTOR if deepface_pkl.deepface_model(model) == "Dlib" else "opencv")
+        model, detector=_OUR_DETECTOR if deepface_pkl.deepface_model(model) == "Dlib" else "opencv"
+    ).removesuffix(".pkl") + "." + fmt
 
 
-# The files of facesearch's own models, by name.
-_OWN_FILES = {model_file(m): m for m in MODEL_DIMS if not _deepface_has(m)}
+DATASTORE_SUFFIXES = ("npz", "feather", "parquet", "pkl")
+# The files of facesearch's own models, by name without the format's suffix.
+_OWN_FILES = {model_file(m).removesuffix(".npz"): m for m in MODEL_DIMS if not _deepface_has(m)}
 
 
 def _file_model(file_name: str) -> str | None:
     """The model whose faces a domain folder's file holds, from its name (None: not ours)."""
-    if file_name in _OWN_FILES:
-        return _OWN_FILES[file_name]
+    stem, _, suffix = file_name.rpartition(".")
+    if suffix not in DATASTORE_SUFFIXES:
+        return None
+    if stem in _OWN_FILES:
+        return _OWN_FILES[stem]
     deepface_name = deepface_pkl.model_from_filename(file_name)
     return None if deepface_name is None else deepface_pkl.facesearch_model(deepface_name)
 
@@ -196,7 +218,13 @@ class _DomainState:
     files: dict[str, str]  # model -> its PKL file's name in the domain folder
     signature: tuple = ()
     model: str = DLIB_MODEL  # the domain's model: what it enrolls and searches with
+    threshold: float | None = None  # its own recognize threshold; None: the model's
     stale: bool = False  # differs from the files (rows taken in, faces gone): rewrite on next write
+    # The model files' SHA-256 and row count as facesearch last wrote them (file name -> record),
+    # and the rewrites by something else that dropped rows: found now, and remembered ones.
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outside: list[dict[str, Any]] = field(default_factory=list)
+    remembered: list[dict[str, Any]] = field(default_factory=list)
     orphan_thumbnails: set[int] = field(default_factory=set)
     by_name: dict[str, int] = field(default_factory=dict)
     _index: dict[str, _Index] = field(default_factory=dict)
@@ -210,13 +238,15 @@ class _DomainState:
         return replace(self, people=dict(self.people), faces=dict(self.faces),
                        vectors=dict(self.vectors), files=dict(self.files),
                        orphan_thumbnails=set(self.orphan_thumbnails), by_name=dict(self.by_name),
-                       _index={}, _stats=None)
+                       written=dict(self.written), outside=list(self.outside),
+                       remembered=list(self.remembered), _index={}, _stats=None)
 
     def info(self) -> DomainInfo:
-        return DomainInfo(self.name, len(self.people), len(self.faces), self.created_at, self.model)
+        return DomainInfo(self.name, len(self.people), len(self.faces), self.created_at, self.model,
+                          threshold=self.threshold)
 
     def domain(self) -> Domain:
-        return Domain(self.id, self.name, self.model)
+        return Domain(self.id, self.name, self.model, threshold=self.threshold)
 
     def stats(self, pid: int) -> tuple[int, int | None]:
         """A person's face count and smallest face id with a thumbnail (cached per snapshot)."""
@@ -312,10 +342,12 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _signature(folder: Path, files: Iterable[str]) -> tuple:
+def _signature(root: Path, name: str, files: Iterable[str]) -> tuple:
     """What tells a domain's files changed: the folder (files added, removed, replaced), the
     sidecar and each model file (written in place, as DeepFace does)."""
-    return (_stat(folder), _stat(folder / SIDECAR), *(_stat(folder / f) for f in sorted(files)))
+    folder = root / name
+    return (_stat(folder), _stat(meta_folder(root, name) / SIDECAR),
+            *(_stat(folder / f) for f in sorted(files)))
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -336,16 +368,16 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
     every process gives rows taken in from outside the same ids."""
     folder = root / name
     files: dict[str, str] = {}
-    for path in sorted(folder.glob("ds_model_*.pkl")):
+    for path in sorted(folder.glob("ds_model_*.*")):
         model = _file_model(path.name)
         if model is None:
             continue
         if model in files:
-            raise StoreError(f"domain {name!r} has two PKL files of model {model}: {files[model]} and "
+            raise StoreError(f"domain {name!r} has two files of model {model}: {files[model]} and "
                              f"{path.name}; keep one")
         files[model] = path.name
-    signature = _signature(folder, files.values())
-    sidecar = folder / SIDECAR
+    signature = _signature(root, name, files.values())
+    sidecar = meta_folder(root, name) / SIDECAR
     try:
         meta = json.loads(sidecar.read_bytes())
     except FileNotFoundError:
@@ -363,7 +395,8 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
             for f in meta["faces"]}
         st = _DomainState(int(meta["domain"]["id"]), name, _date(meta["domain"]["created_at"]),
                           int(meta["next_person_id"]), int(meta["next_face_id"]), people, {}, {}, files,
-                          signature)
+                          signature, written=dict(meta.get("files", {})),
+                          remembered=list(meta.get("outside_rewrites", [])))
         if st.next_face_id <= max(known, default=0) or st.next_person_id <= max(people, default=0):
             raise ValueError("its id counters are behind its ids")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -372,7 +405,8 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
     for model, file_name in sorted(files.items()):
         path = folder / file_name
         try:
-            contents = deepface_pkl.read_pkl(path)
+            data = path.read_bytes()
+            contents = deepface_pkl.read_datastore(data, path)
             if _deepface_has(model):
                 deepface_pkl.check_dimension(contents, deepface_pkl.deepface_model(model), path)
             elif contents.dim is not None and contents.dim != model_dim(model):
@@ -424,11 +458,32 @@ def _load_domain(root: Path, name: str) -> _DomainState | None:
             counts[f.model] = counts.get(f.model, 0) + 1
         model = min(counts, key=lambda m: (-counts[m], m)) if counts else DLIB_MODEL
     st.model = model
+    threshold = meta["domain"].get("threshold")
+    st.threshold = float(threshold) if isinstance(threshold, int | float) else None
     gone = set(known) - set(st.faces)
     if gone:  # rows removed from a file: those faces are gone
         st.stale = True
         st.orphan_thumbnails = {f for f in gone if known[f].thumbnail}
+        _note_outside_rewrites(st, root, {known[f].model for f in gone}, gone, known)
     return st
+
+
+def _note_outside_rewrites(st: _DomainState, root: Path, models: set[str], gone: set[int],
+                           known: dict[int, _FaceRec]) -> None:
+    """Rows facesearch wrote are missing from a file it did not write as it is (e.g. DeepFace.find
+    rewrote it for the photos it found in the folder): say so, and point to the copy of the file
+    as facesearch last wrote it. The faces count as deleted (the files are authoritative)."""
+    for model in sorted(models):
+        file_name = st.files.get(model) or model_file(model)
+        record = st.written.get(file_name)
+        dropped = sum(1 for f in gone if known[f].model == model)
+        incident = {"file": file_name, "dropped": dropped, "found_at": datetime.now(UTC).isoformat(),
+                    "expected_rows": None if record is None else record.get("rows"),
+                    "last_good": str(meta_folder(root, st.name) / LAST_GOOD / file_name)}
+        st.outside.append(incident)
+        log.warning("domain %s: %s was rewritten outside facesearch and lost %d of its faces; the "
+                    "copy facesearch last wrote is %s (copy it back to restore them)", st.name,
+                    file_name, dropped, incident["last_good"])
 
 
 def _rows(st: _DomainState, model: str, folder: str) -> list[dict[str, Any]]:
@@ -450,10 +505,11 @@ def _sidecar(st: _DomainState) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "domain": {"id": st.id, "name": st.name, "created_at": st.created_at.isoformat(),
-                   "model": st.model},
+                   "model": st.model, "threshold": st.threshold},
         "next_person_id": st.next_person_id, "next_face_id": st.next_face_id,
         "people": [{"id": pid, "name": p.name, "metadata": p.metadata,
                     "created_at": p.created_at.isoformat()} for pid, p in sorted(st.people.items())],
+        "files": st.written, "outside_rewrites": st.remembered,
         "faces": [{"id": fid, "person_id": f.person_id, "model": f.model,
                    "photo_sha256": f.photo_sha256.hex(), "score": f.score,
                    "created_at": f.created_at.isoformat(), "thumbnail": f.thumbnail,
@@ -462,33 +518,62 @@ def _sidecar(st: _DomainState) -> dict[str, Any]:
     }
 
 
-def _persist(root: Path, work: _Work) -> tuple:
-    """Write what a commit changed: thumbnails, model files, then the sidecar (a crash in between
-    leaves files that load consistently: see :func:`_load_domain`). Returns the new signature."""
+def _persist(root: Path, work: _Work, fmt: str) -> tuple:
+    """Write what a commit changed: thumbnails, model files (each also as a last good copy, in the
+    meta folder), then the sidecar (a crash in between leaves files that load consistently: see
+    :func:`_load_domain`). New model files are in format ``fmt``. Returns the new signature."""
     st = work.st
-    folder = root / st.name
+    folder, meta = root / st.name, meta_folder(root, st.name)
     folder.mkdir(parents=True, exist_ok=True)
+    (meta / LAST_GOOD).mkdir(parents=True, exist_ok=True)
     if work.new_thumbnails:
-        (folder / THUMBNAILS).mkdir(exist_ok=True)
+        (meta / THUMBNAILS).mkdir(exist_ok=True)
     for fid, data in work.new_thumbnails.items():
-        deepface_pkl.write_bytes_atomically(folder / THUMBNAILS / f"{fid}.jpg", data)
+        deepface_pkl.write_bytes_atomically(meta / THUMBNAILS / f"{fid}.jpg", data)
+    if st.stale and st.outside:  # keep the copy from before the outside rewrite for good
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        for incident in st.outside:
+            kept = meta / LAST_GOOD / f"{incident['file']}.before-{stamp}"
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(meta / LAST_GOOD / incident["file"], kept)
+                incident["last_good"] = str(kept)
+        st.remembered = (st.remembered + st.outside)[-_OUTSIDE_KEPT:]
+        st.outside = []
     models = set(work.models) | (set(st.vectors) | set(st.files) if st.stale else set())
     for model in sorted(models):
         rows = _rows(st, model, str(folder))
         if rows:
-            name = st.files.setdefault(model, model_file(model))
-            deepface_pkl.write_atomically(folder / name, rows)
+            name = st.files.setdefault(model, model_file(model, fmt))
+            data = deepface_files.serialize(rows, name.rpartition(".")[2])
+            deepface_pkl.write_bytes_atomically(folder / name, data)
+            deepface_pkl.write_bytes_atomically(meta / LAST_GOOD / name, data)
+            st.written[name] = {"sha256": hashlib.sha256(data).hexdigest(), "rows": len(rows)}
         else:  # no face of this model left: no file
             st.vectors.pop(model, None)
             name = st.files.pop(model, None)
             if name is not None:
                 (folder / name).unlink(missing_ok=True)
-    deepface_pkl.write_bytes_atomically(folder / SIDECAR, _json_bytes(_sidecar(st)))
+                st.written.pop(name, None)
+    deepface_pkl.write_bytes_atomically(meta / SIDECAR, _json_bytes(_sidecar(st)))
     for fid in work.gone_thumbnails | (st.orphan_thumbnails if st.stale else set()):
-        (folder / THUMBNAILS / f"{fid}.jpg").unlink(missing_ok=True)
+        (meta / THUMBNAILS / f"{fid}.jpg").unlink(missing_ok=True)
     st.stale = False
     st.orphan_thumbnails = set()
-    return _signature(folder, st.files.values())
+    return _signature(root, st.name, st.files.values())
+
+
+def _move_old_layout(root: Path, name: str) -> None:
+    """Galleries from before DeepFace-store mode kept the sidecar and thumbnails in the domain's
+    folder, where DeepFace.find took the thumbnails for photos: move them out (once)."""
+    folder, meta = root / name, meta_folder(root, name)
+    if not (folder / SIDECAR).exists() or (meta / SIDECAR).exists():
+        return
+    meta.mkdir(parents=True, exist_ok=True)
+    if (folder / THUMBNAILS).is_dir():
+        os.replace(folder / THUMBNAILS, meta / THUMBNAILS)
+    os.replace(folder / SIDECAR, meta / SIDECAR)  # last: its presence marks the move as done
+    log.info("domain %s: moved its sidecar and thumbnails to %s, out of DeepFace's db_path",
+             name, meta)
 
 
 def _load_store(path: Path) -> _StoreState:
@@ -539,8 +624,10 @@ class PklStore:
     :class:`BlockingPklGallery` has its own); other processes are kept in step by file locks.
     It stands where the service keeps its database pool (``Service.db``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fmt: str = "npz") -> None:
         self.root = Path(root)
+        self.format = fmt  # of new model files; existing ones keep theirs
+        model_file(DLIB_MODEL, fmt)  # a bad format is refused at start
         self._domains: dict[str, _DomainState] = {}
         self._store: _StoreState | None = None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -581,7 +668,7 @@ class PklStore:
     def _fresh(self, name: str) -> _DomainState | None:
         """The loaded snapshot of a domain if its files have not changed since."""
         st = self._domains.get(name)
-        if st is not None and _signature(self.root / name, st.files.values()) == st.signature:
+        if st is not None and _signature(self.root, name, st.files.values()) == st.signature:
             return st
         return None
 
@@ -596,7 +683,14 @@ class PklStore:
             # Being written (or reloaded) in this process: read the last published state meanwhile,
             # as a database reads the last committed rows, instead of waiting for the write.
             return cached
-        if not (self.root / name / SIDECAR).exists():
+        if (self.root / name / SIDECAR).exists():  # the layout before DeepFace-store mode
+            release = None if locked else await self.lock(name)
+            try:
+                await asyncio.to_thread(_move_old_layout, self.root, name)
+            finally:
+                if release is not None:
+                    release()
+        if not (meta_folder(self.root, name) / SIDECAR).exists():
             self._domains.pop(name, None)
             return None
         release = None if locked else await self.lock(name, exclusive=False)
@@ -617,7 +711,7 @@ class PklStore:
         """Write a changed copy of a domain and publish it. Caller holds the domain's lock."""
         if not work.changed and not work.models and not work.new_thumbnails:
             return
-        work.st.signature = await asyncio.to_thread(_persist, self.root, work)
+        work.st.signature = await asyncio.to_thread(_persist, self.root, work, self.format)
         work.st._index.clear()
         work.st._stats = None
         self._domains[work.st.name] = work.st
@@ -779,7 +873,17 @@ class PklGallery:
         model_dim(model)
         domain = await self.get_domain(name)
         async with self._edit(domain) as work:
+            if work.st.model != model:
+                work.st.threshold = None  # a threshold belongs to one model's distances
             work.st.model = model
+            work.touch()
+        return work.st.domain()
+
+    async def set_domain_threshold(self, name: str, threshold: float | None) -> Domain:
+        """Give a domain its own recognize threshold (None: back to its model's)."""
+        domain = await self.get_domain(name)
+        async with self._edit(domain) as work:
+            work.st.threshold = threshold
             work.touch()
         return work.st.domain()
 
@@ -820,12 +924,16 @@ class PklGallery:
                 keys = [k for k in state.keys if k["domain"] != domain.name]
                 if len(keys) != len(state.keys):
                     await self.store.save_store(replace(state, keys=keys))
-                folder = self.store.root / domain.name
-                doomed = self.store.root / f".deleted-{domain.name}-{secrets.token_hex(4)}"
+                root = self.store.root
+                folder, meta = root / domain.name, meta_folder(root, domain.name)
+                doomed = root / f".deleted-{domain.name}-{secrets.token_hex(4)}"
 
                 def remove() -> None:
-                    os.replace(folder, doomed)
+                    os.replace(meta, doomed)  # the sidecar first: the domain is gone at once
                     shutil.rmtree(doomed)
+                    if folder.exists():
+                        os.replace(folder, doomed)
+                        shutil.rmtree(doomed)
 
                 await asyncio.to_thread(remove)
                 self.store.forget(domain.name)
@@ -1020,10 +1128,18 @@ class PklGallery:
         try:
             if rec.thumbnail:
                 return await asyncio.to_thread(
-                    (self.store.root / domain.name / THUMBNAILS / f"{int(face_id)}.jpg").read_bytes)
+                    (meta_folder(self.store.root, domain.name) / THUMBNAILS
+                     / f"{int(face_id)}.jpg").read_bytes)
         except FileNotFoundError:
             pass
         raise NotFound(f"face {face_id} has no thumbnail (thumbnails were off when it was enrolled)")
+
+    async def outside_rewrites(self, domain: Domain) -> list[dict[str, Any]]:
+        """Rewrites of this domain's files by something other than facesearch that dropped rows
+        (e.g. DeepFace.find run over a folder with photos in it): each with the file, the faces
+        lost, when it was found and the copy facesearch last wrote (``last_good``)."""
+        st = await self._view(domain)
+        return [dict(i) for i in st.remembered + st.outside]
 
     async def face_models(self, domain: Domain) -> dict[str, int]:
         """How many faces of this domain each model has."""
@@ -1188,8 +1304,8 @@ class BlockingPklGallery:
     """:class:`PklGallery` behind blocking calls (what :class:`~facesearch.store.BlockingGallery`
     is to Gallery), for the CLI and tests: owns its event loop and its :class:`PklStore`."""
 
-    def __init__(self, root: Path) -> None:
-        self.store = PklStore(root)
+    def __init__(self, root: Path, fmt: str = "npz") -> None:
+        self.store = PklStore(root, fmt)
         self._runner = asyncio.Runner()
         self.gallery = PklGallery(self.store)
 

@@ -26,14 +26,20 @@ from ...store import curate, unknown
 from ...store.gallery import Domain, Gallery, Match
 from ..schemas import Box, DomainOut, ErrorBody, PersonOut
 from ..state import AdminDep, DomainDep, ServiceDep
+from .domains import domain_out
 
 router = APIRouter(prefix="/v1/domains/{domain}", tags=["unknown faces"])
 
 
 class DomainUpdate(BaseModel):
-    keep_unknown: bool = Field(description=(
+    """Only the fields given change."""
+
+    keep_unknown: bool | None = Field(None, description=(
         "Keep the faces recognize matches to nobody (biometric data of people never enrolled), "
         "grouped into clusters to name later."))
+    threshold: float | None = Field(None, ge=0, le=2, description=(
+        "The domain's own recognize threshold (cosine distance); null: back to its model's. "
+        "import-deepface sets one for a gallery DeepFace embedded."))
 
 
 class NameCluster(BaseModel):
@@ -147,10 +153,18 @@ def _cluster_out(dom: Domain, c: unknown.Cluster) -> dict:
 
 @router.patch("", response_model=DomainOut)
 async def update_domain(body: DomainUpdate, dom: DomainDep, _: AdminDep, svc: ServiceDep) -> dict:
-    """Change a domain's settings (the admin key): ``keep_unknown``."""
+    """Change a domain's settings (the admin key): ``keep_unknown``, ``threshold``."""
+    given = body.model_fields_set
+    if not given:
+        raise BadRequest("nothing to change: give keep_unknown and/or threshold")
     async with svc.gallery() as gallery:
-        await unknown.set_keep_unknown(gallery, dom.name, body.keep_unknown)
-        return asdict(await gallery.domain_info(dom.name))
+        if "keep_unknown" in given:
+            if body.keep_unknown is None:
+                raise BadRequest("keep_unknown must be true or false")
+            await unknown.set_keep_unknown(gallery, dom.name, body.keep_unknown)
+        if "threshold" in given:
+            await gallery.set_domain_threshold(dom.name, body.threshold)
+        return domain_out(svc, await gallery.domain_info(dom.name))
 
 
 @router.get("/clusters", response_model=ClusterList)
@@ -241,7 +255,7 @@ async def audit(dom: DomainDep, svc: ServiceDep,
     async with svc.gallery() as gallery:
         face_ids, person_ids, emb, people = await unknown.gallery_embeddings(gallery, dom)
     return await asyncio.to_thread(audit_report, face_ids, person_ids, emb, people, dom.model,
-                                   svc.settings.recognize_threshold(dom.model), limit)
+                                   svc.settings.threshold_of(dom), limit)
 
 
 @router.post("/faces/{face_id}/move")

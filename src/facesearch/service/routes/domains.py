@@ -17,11 +17,11 @@ from ..state import AdminDep, DomainDep, Service, ServiceDep
 router = APIRouter(prefix="/v1/domains", tags=["domains"])
 
 
-def _out(svc: Service, info: DomainInfo) -> dict:
+def domain_out(svc: Service, info: DomainInfo) -> dict:
     """A domain as the API shows it: with its default recognize threshold (null for a model this
     version does not know)."""
     try:
-        threshold: float | None = svc.settings.recognize_threshold(info.model)
+        threshold: float | None = svc.settings.threshold_of(info)
     except ModelError:
         threshold = None
     return {**asdict(info), "threshold": threshold}
@@ -39,20 +39,20 @@ async def create_domain(body: DomainCreate, _: AdminDep,
         dom = await gallery.create_domain(body.name, model=model)
         if body.keep_unknown:
             await unknown.set_keep_unknown(gallery, dom.name, True)
-        return _out(svc, await gallery.domain_info(dom.name))
+        return domain_out(svc, await gallery.domain_info(dom.name))
 
 
 @router.get("", response_model=DomainList)
 async def list_domains(_: AdminDep, svc: ServiceDep) -> dict:
     async with svc.gallery() as gallery:
-        return {"domains": [_out(svc, d) for d in await gallery.list_domains()]}
+        return {"domains": [domain_out(svc, d) for d in await gallery.list_domains()]}
 
 
 @router.get("/{domain}", response_model=DomainOut)
 async def get_domain(dom: DomainDep, svc: ServiceDep) -> dict:
     """The domain with its counts (the admin key, or this domain's key)."""
     async with svc.gallery() as gallery:
-        return _out(svc, await gallery.domain_info(dom.name))
+        return domain_out(svc, await gallery.domain_info(dom.name))
 
 
 @router.delete("/{domain}", response_model=DomainOut)

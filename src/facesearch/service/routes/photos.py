@@ -57,7 +57,7 @@ async def recognize(request: Request, dom: DomainDep,
     """Who is in this photo? Every face (largest first) with its best matches in the domain."""
     start = time.perf_counter()
     s = svc.settings
-    threshold = s.recognize_threshold(dom.model) if threshold is None else threshold
+    threshold = s.threshold_of(dom) if threshold is None else threshold
     photo = (await read_upload(request)).one("photo")
     analysis = await svc.analyze(request, photo.data, tenant=dom.name, model=dom.model,
                                  max_faces=min(max_faces or s.max_faces, s.max_faces), min_face=min_face,
