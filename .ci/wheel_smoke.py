@@ -9,6 +9,7 @@ document agree, and `facesearch doctor` passes.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import facesearch
 from facesearch.client import ApiError, Client
 
-KEY = "fsa_wheel_smoke_key"
+KEY = "fsa_wheel_smoke_" + secrets.token_urlsafe(24)  # >= 32 characters, as serve requires
 
 
 def step(text: str) -> None:
