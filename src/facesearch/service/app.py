@@ -22,11 +22,12 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..config import Settings
-from ..errors import FacesearchError, ModelError
+from ..errors import DatabaseUnavailable, FacesearchError, ModelError, StoreError
 from ..inference import ModelPool, ModelSpec
 from ..models import check_model_files
 from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
+from ..store.resilience import RETRY_AFTER
 from .auth import admin_key_digest
 from .observability import Metrics, RequestLog
 from .routes import domains, health, people, photos
@@ -144,7 +145,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FacesearchError)
     async def facesearch_error(request: Request, exc: FacesearchError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.message, exc.details)
+        response = error_response(request, exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, StoreError):
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -164,12 +168,18 @@ def _add_error_handlers(app: FastAPI) -> None:
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
         return error_response(request, 422, "invalid_request", "; ".join(problems))
 
+    # The database went away (stopped, restarting, backend killed, read-only after a failover):
+    # 503 at once, within the bounds of store/resilience.py; the pool reconnects by itself.
     @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg.errors.ReadOnlySqlTransaction)
     @app.exception_handler(psycopg_pool.PoolTimeout)
     async def database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.error("database error: %s", str(exc).strip())
-        return error_response(request, 503, "store_unavailable",
-                              "the database is unavailable; try again shortly")
+        log.error("database unavailable: %s: %s", type(exc).__name__, str(exc).strip())
+        response = error_response(request, 503, DatabaseUnavailable.code,
+                                  "the database is unavailable; try again in a few seconds "
+                                  "(an enrollment that got this answer can be re-sent as is)")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

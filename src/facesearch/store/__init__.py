@@ -116,9 +116,11 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnec
     in its start-up, after :func:`prepare`, and closes it at shutdown."""
     from psycopg_pool import AsyncConnectionPool
 
+    from .resilience import pool_kwargs
+
+    # Timeouts, checks and reconnection for database outages: see store/resilience.py.
     return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                               configure=configure,
-                               kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT})
+                               configure=configure, **pool_kwargs())
 
 
 async def _aconnect(url: str) -> psycopg.AsyncConnection[Any]:
