@@ -37,9 +37,15 @@ def connection_kwargs() -> dict[str, Any]:
         "connect_timeout": CONNECT_TIMEOUT,
         "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, "keepalives_count": 3,
         "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
-        "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-                   f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
     }
+
+
+async def limit_session(conn: Any) -> None:
+    """The service's statement limits, set once per pooled connection (by SET, not the startup
+    ``options``, which connection poolers such as PgBouncer refuse). The CLI's connections have
+    none: a bulk import may build an index for minutes."""
+    await conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+    await conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
 
 
 def pool_kwargs() -> dict[str, Any]:
