@@ -122,6 +122,14 @@ class StoreError(FacesearchError):
     status = 503
 
 
+class DatabaseUnavailable(StoreError):
+    """The database stopped answering mid-service (down, restarting, connection killed): retry
+    after the ``Retry-After`` seconds (see store/resilience.py for the time bounds)."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 class ModelError(FacesearchError):
     """The face model could not be loaded or its worker died."""
 

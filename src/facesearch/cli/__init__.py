@@ -102,7 +102,7 @@ class FacesearchGroup(click.Group):
             return super().invoke(ctx)
         except FacesearchError as exc:
             click.secho(f"error: {exc.message}", err=True, fg="red")
-            ctx.exit(1)
+            ctx.exit(getattr(exc, "exit_code", 1))  # e.g. the embedded server's start-up faults
         except OSError as exc:
             click.secho(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                         err=True, fg="red")
@@ -148,7 +148,7 @@ def main() -> None:
 
 
 # The commands register themselves on ``cli``.
-from . import clusters, deepface, domains, people, photos, service  # noqa: E402
+from . import backup, clusters, deepface, domains, people, photos, service  # noqa: E402
 
-__all__ = ["Context", "cli", "clusters", "collect_folder", "deepface", "domains", "emit", "main",
+__all__ = ["Context", "backup", "cli", "clusters", "collect_folder", "deepface", "domains", "emit", "main",
            "people", "photos", "service"]

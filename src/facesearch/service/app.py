@@ -22,11 +22,12 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..config import Settings, private_home
-from ..errors import FacesearchError, ModelError
+from ..errors import DatabaseUnavailable, FacesearchError, ModelError, StoreError
 from ..inference import ModelPool, ModelSpec
 from ..models import check_model_files
 from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
+from ..store.resilience import RETRY_AFTER
 from .auth import admin_key_digest
 from .bounded import set_metadata_limit
 from .docs import add_api_docs
@@ -147,11 +148,11 @@ def error_response(request: Request, status: int, code: str, message: str,
     # A 503 is temporary (database or model workers): clients may retry, after the overload's own
     # estimate if it gave one, else a second.
     if status == 503:
-        headers = {"Retry-After": RETRY_AFTER, **(headers or {})}
+        headers = {"Retry-After": RETRY_SOON, **(headers or {})}
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
-RETRY_AFTER = "1"  # seconds
+RETRY_SOON = "1"  # seconds: a 503 that says no better (a worker died mid-request)
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "upload_too_large", 415: "unsupported_media_type"}
@@ -163,6 +164,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FacesearchError)
     async def facesearch_error(request: Request, exc: FacesearchError) -> JSONResponse:
         retry = getattr(exc, "retry_after", None)  # Overloaded: when to try again
+        if retry is None and isinstance(exc, StoreError):
+            retry = RETRY_AFTER  # the database's: when a reconnect may have succeeded
         return error_response(request, exc.status, exc.code, exc.message, exc.details,
                               {"Retry-After": str(retry)} if retry else None)
 
@@ -184,12 +187,17 @@ def _add_error_handlers(app: FastAPI) -> None:
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
         return error_response(request, 422, "invalid_request", "; ".join(problems))
 
+    # The database went away (stopped, restarting, backend killed, read-only after a failover):
+    # 503 at once, within the bounds of store/resilience.py; the pool reconnects by itself.
     @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg.errors.ReadOnlySqlTransaction)
     @app.exception_handler(psycopg_pool.PoolTimeout)
     async def database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.error("database error: %s", str(exc).strip())
-        return error_response(request, 503, "store_unavailable",
-                              "the database is unavailable; try again shortly")
+        log.error("database unavailable: %s: %s", type(exc).__name__, str(exc).strip())
+        return error_response(request, 503, DatabaseUnavailable.code,
+                              "the database is unavailable; try again in a few seconds "
+                              "(an enrollment that got this answer can be re-sent as is)",
+                              headers={"Retry-After": str(RETRY_AFTER)})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

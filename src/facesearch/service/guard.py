@@ -30,7 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import names
 from ..config import Settings
-from ..errors import FacesearchError, StoreError, Unauthorized
+from ..errors import DatabaseUnavailable, FacesearchError, Unauthorized
+from ..store.resilience import RETRY_AFTER
 from .auth import Caller, digest, is_admin, presented_key
 
 log = logging.getLogger("facesearch.service")
@@ -166,9 +167,10 @@ class Guard:
                 async with svc.gallery() as gallery:
                     domain = await gallery.key_domain(key)
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-                log.error("database error: %s", str(exc).strip())
-                raise _Refused(scope, 503, StoreError.code,
-                               "the database is unavailable; try again shortly") from None
+                log.error("database unavailable: %s", str(exc).strip())
+                raise _Refused(scope, 503, DatabaseUnavailable.code,
+                               "the database is unavailable; try again in a few seconds",
+                               retry_after=RETRY_AFTER) from None
             except FacesearchError as exc:  # e.g. the PKL store's files unreadable
                 raise _Refused(scope, exc.status, exc.code, exc.message) from None
             if domain is None:

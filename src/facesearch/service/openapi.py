@@ -41,7 +41,9 @@ def _c(error: type[e.FacesearchError], meaning: str) -> Code:
 INTERNAL: Code = (500, "internal_error", "An unexpected server error (see the server log).")
 INVALID_REQUEST: Code = (422, "invalid_request", "A parameter or the JSON body is invalid.")
 KEY = [_c(e.Unauthorized, "No API key, or an unknown or revoked one."),
-       _c(e.StoreError, "The database is unavailable; retry after Retry-After seconds.")]
+       _c(e.DatabaseUnavailable, "The database is unavailable; retry after Retry-After seconds "
+          "(an enrollment can be re-sent as is)."),
+       _c(e.StoreError, "The gallery store cannot be used (e.g. its files unreadable).")]
 ADMIN = [_c(e.Forbidden, "This needs the admin key.")]
 DOMAIN = [_c(e.Forbidden, "The key belongs to another domain."),
           _c(e.NotFound, "No such domain (or person, face, key of the path)."),

@@ -116,9 +116,15 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnec
     in its start-up, after :func:`prepare`, and closes it at shutdown."""
     from psycopg_pool import AsyncConnectionPool
 
+    from .resilience import limit_session, pool_kwargs
+
+    async def configure_pooled(conn: psycopg.AsyncConnection[Any]) -> None:
+        await configure(conn)
+        await limit_session(conn)
+
+    # Timeouts, checks and reconnection for database outages: see store/resilience.py.
     return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                               configure=configure,
-                               kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT})
+                               configure=configure_pooled, **pool_kwargs())
 
 
 async def _aconnect(url: str) -> psycopg.AsyncConnection[Any]:

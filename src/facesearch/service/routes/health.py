@@ -36,7 +36,7 @@ async def readyz(svc: ServiceDep) -> JSONResponse:
     body: dict = {"database": database, "workers": workers}
     if problems:
         body["error"] = {"code": "not_ready", "message": "; ".join(problems)}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ready", **body})
 
 

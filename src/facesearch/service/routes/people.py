@@ -183,7 +183,9 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
         result["box"] = chosen_face.box.as_dict()
         chosen.append((len(results) - 1, chosen_face, hashlib.sha256(photo.data).digest()))
     if chosen:
-        async with svc.gallery() as gallery:
+        # One transaction for a new person and their faces: an enrollment cut by a database
+        # fault leaves no person behind.
+        async with svc.gallery() as gallery, gallery.conn.transaction():
             pid = (person.id if isinstance(person, Person)
                    else await gallery.person_id(dom, person, create=True))
             ids = await gallery.add_faces(dom, dom.model, [
