@@ -142,7 +142,8 @@ def test_recognize_in_an_old_domain(old_release: dict, tmp_path: Path) -> None:
     with psycopg.connect(old_release["url"]) as conn:
         register_vector(conn)
         (embedding,) = conn.execute(
-            "SELECT f.embedding FROM faces f JOIN people p ON p.id = f.person_id JOIN domains d"
+            "SELECT f.embedding FROM faces f JOIN people p ON p.domain_id = f.domain_id"
+            " AND p.id = f.person_id JOIN domains d"
             " ON d.id = f.domain_id WHERE d.name = 'old' AND p.name = %s LIMIT 1", (name,)).fetchone()
         # recognize_face() without a model: the domain's.
         rows = conn.execute("SELECT person_name, distance FROM recognize_face(%s, 'old', 0.01, 1)",

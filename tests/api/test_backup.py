@@ -28,7 +28,8 @@ BUSY = "backup-busy"  # written to while the backup runs
 GALLERY_SQL = """
 SELECT d.name, m.name, p.name, p.metadata::text, encode(f.photo_sha256, 'hex'),
        md5(f.embedding::text), md5(f.thumbnail), f.box_x, f.box_y, f.box_w, f.box_h
-FROM faces f JOIN people p ON p.id = f.person_id JOIN domains d ON d.id = f.domain_id
+FROM faces f JOIN people p ON p.domain_id = f.domain_id AND p.id = f.person_id
+JOIN domains d ON d.id = f.domain_id
 JOIN models m ON m.id = f.model_id WHERE d.name = %s ORDER BY 3, 5"""
 KEYS_SQL = """SELECT k.name, encode(k.key_sha256, 'hex'), k.prefix, k.created_at FROM api_keys k
 JOIN domains d ON d.id = k.domain_id WHERE d.name = %s ORDER BY 1"""
@@ -149,7 +150,7 @@ def test_round_trip_pkl(lfw: Path, tmp_path: Path) -> None:
                            env={**os.environ, "FACESEARCH_HOME": str(tmp_path / "other"),
                                 "FACESEARCH_STORE": "pgvector"})
     assert wrong.returncode == 1 and "FACESEARCH_STORE=pkl" in wrong.stderr, wrong.stderr
-    assert not (tmp_path / "other").exists()
+    assert not (tmp_path / "other" / "pgdata").exists()  # no database was started
 
 
 @pytest.fixture

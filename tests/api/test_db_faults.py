@@ -76,7 +76,7 @@ def half_written(pg: ExternalPostgres) -> list[tuple]:
     enrollment creates both in one transaction), a face without its thumbnail."""
     return pg.sql(
         "SELECT 'person', p.name FROM people p WHERE NOT EXISTS"
-        " (SELECT 1 FROM faces f WHERE f.person_id = p.id)"
+        " (SELECT 1 FROM faces f WHERE f.domain_id = p.domain_id AND f.person_id = p.id)"
         " UNION ALL SELECT 'face', f.id::text FROM faces f WHERE f.thumbnail IS NULL")
 
 
@@ -187,7 +187,8 @@ def test_restart_under_load(world: dict, pg: ExternalPostgres, lfw: Path) -> Non
                         files={"photo": jpeg(photo)}, params={"face": "largest"})
         assert r.status_code == 201, r.text
         assert r.json()["results"][0]["status"] in ("enrolled", "already_enrolled")
-    counts = dict(pg.sql("SELECT p.name, count(f.id) FROM people p JOIN faces f ON f.person_id = p.id"
+    counts = dict(pg.sql("SELECT p.name, count(f.id) FROM people p JOIN faces f"
+                         " ON f.domain_id = p.domain_id AND f.person_id = p.id"
                          " WHERE p.name LIKE 'load-%%' GROUP BY p.name"))
     assert counts == {name: 1 for name, _ in fresh}  # every one once, none twice
 

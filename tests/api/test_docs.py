@@ -139,7 +139,7 @@ def test_openapi_describes_errors_and_security(openapi: dict) -> None:
     assert {"invalid_image", "invalid_name"} <= set(recognize[422])
     assert {"unsupported_image", "unsupported_media_type"} <= set(recognize[415])
     assert recognize[403] == ["forbidden"] and recognize[404] == ["not_found"]
-    assert set(recognize[503]) == {"model_unavailable", "store_unavailable"}
+    assert set(recognize[503]) == {"model_unavailable", "database_unavailable", "store_unavailable"}
     assert "conflict" in documented_codes(openapi, "post", "/v1/domains")[409]
     body = openapi["components"]["schemas"]["ErrorBody"]
     assert body["required"] == ["error"]

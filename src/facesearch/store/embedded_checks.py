@@ -122,6 +122,15 @@ def clear_stale_pid_file(pgdata: Path) -> None:
     pid_file.replace(aside)
     log.warning("%s named pid %d, which is not this database's server (it was killed): moved "
                 "to %s", pid_file, pid, aside)
+    # The socket's lock file names the same pid, and PostgreSQL refuses to start while that pid
+    # answers kill(pid, 0): so does a killed postmaster not yet reaped (a zombie, where nothing
+    # reaps orphans), which is why the check above found no server but the pid.
+    for lock in pgdata.glob(".s.PGSQL.*.lock"):
+        try:
+            if int(lock.read_text().split("\n", 1)[0]) == pid:
+                lock.replace(lock.with_name(lock.name + ".stale"))
+        except (OSError, ValueError):
+            continue
 
 
 def prune_attached(pgdata: Path) -> None:
