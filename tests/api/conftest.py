@@ -28,6 +28,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The server closes a connection idle for 5 s (service/connections.py); a client that keeps one
+# as long (httpx's default) may send on it just as it closes: "Server disconnected".
+LIMITS = httpx.Limits(keepalive_expiry=2)
+
+
 class Server:
     """One running server: its process, its log, and an admin HTTP client."""
 
@@ -36,11 +41,12 @@ class Server:
         self.home = home
         self.base = f"http://127.0.0.1:{port}"
         self.log_path = log
-        self.admin = httpx.Client(base_url=self.base, timeout=120,
+        self.admin = httpx.Client(base_url=self.base, timeout=120, limits=LIMITS,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
 
     def client(self, key: str | None = None, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        kwargs.setdefault("limits", LIMITS)
         return httpx.Client(base_url=self.base, timeout=120, headers=headers, **kwargs)
 
     def log(self) -> str:

@@ -41,7 +41,7 @@ def test_300_mixed_requests_at_concurrency_8(server, lfw: Path, db) -> None:
     assert len(jobs) >= 300
 
     with httpx.Client(base_url=server.base, timeout=120, headers=admin.headers,
-                      limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+                      limits=httpx.Limits(max_connections=CONCURRENCY, keepalive_expiry=2)) as client:
         def run(job: tuple) -> httpx.Response:
             kind, item = job
             if kind == "recognize":

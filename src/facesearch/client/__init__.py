@@ -78,6 +78,9 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 MAX_WAIT = 30.0  # seconds: the longest Retry-After honoured
+# facesearch serve closes a connection idle for 5 s: keep idle ones for less, so that a request is
+# never sent on a connection the server is closing at that moment (it would fail, unanswered).
+KEEP_ALIVE = httpx.Limits(keepalive_expiry=2)
 
 
 class ApiError(Exception):
@@ -172,6 +175,7 @@ class Client(_Base):
     def __init__(self, url: str, key: str | None = None, *, timeout: float = 120, retries: int = 3,
                  backoff: float = 0.5, **httpx_options: Any) -> None:
         super().__init__(url, key, retries, backoff)
+        httpx_options.setdefault("limits", KEEP_ALIVE)
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout,
                                   **httpx_options)
 
@@ -234,6 +238,7 @@ class AsyncClient(_Base):
     def __init__(self, url: str, key: str | None = None, *, timeout: float = 120, retries: int = 3,
                  backoff: float = 0.5, **httpx_options: Any) -> None:
         super().__init__(url, key, retries, backoff)
+        httpx_options.setdefault("limits", KEEP_ALIVE)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=timeout,
                                        **httpx_options)
 
