@@ -15,38 +15,17 @@ from __future__ import annotations
 import secrets
 from html import escape
 from importlib import resources
-from types import SimpleNamespace
 
 from fastapi import FastAPI
-from starlette.responses import HTMLResponse, Response
-from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.responses import HTMLResponse
 
-from .web import CSP, HEADERS
+from .web import CSP, HEADERS, SecureStaticFiles
 
 ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's files, from the fastapi-offline wheel
 
 
 def _assets_dir() -> str:
     return str(resources.files("fastapi_offline").joinpath("static"))
-
-
-class _Assets(StaticFiles):
-    """The vendored files with the page's security headers, labelled as one route in the logs."""
-
-    route = SimpleNamespace(path=ASSETS + "/{path}")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["route"] = self.route
-        await super().__call__(scope, receive, send)
-
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
-        response.headers.update(HEADERS)
-        # The files change only with the package's version; the URLs carry no version, so a
-        # browser revalidates (cheap: StaticFiles answers 304 to If-None-Match).
-        response.headers["Cache-Control"] = "no-cache"
-        return response
 
 
 # Relative URLs throughout, so the pages also work behind a proxy that mounts facesearch on a
@@ -108,4 +87,7 @@ def add_api_docs(app: FastAPI) -> None:
         return HTMLResponse(body, headers={**HEADERS, "Content-Security-Policy": redoc_csp(nonce),
                                            "Cache-Control": "no-store"})
 
-    app.mount(ASSETS, _Assets(directory=_assets_dir()), name="docs-assets")
+    # The files change only with the package's version; the URLs carry no version, so a browser
+    # revalidates (cheap: StaticFiles answers 304 to If-None-Match).
+    assets = SecureStaticFiles(ASSETS, {"Cache-Control": "no-cache"}, directory=_assets_dir())
+    app.mount(ASSETS, assets, name="docs-assets")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from types import SimpleNamespace
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.responses import HTMLResponse, Response
@@ -31,12 +32,16 @@ HEADERS = {
 }
 
 
-class _StaticFiles(StaticFiles):
-    """StaticFiles with the page's security headers on every file."""
+class SecureStaticFiles(StaticFiles):
+    """StaticFiles mounted at ``mount`` with the page's security headers (and ``headers``) on
+    every file."""
 
-    # The request log and metrics label requests by their route's template (scope["route"], which
-    # a mount does not set): one label for all the files, not "unmatched".
-    route = SimpleNamespace(path="/static/{path}")
+    def __init__(self, mount: str, headers: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The request log and metrics label requests by their route's template (scope["route"],
+        # which a mount does not set): one label for all the files, not "unmatched".
+        self.route = SimpleNamespace(path=mount + "/{path}")
+        self.headers = {**HEADERS, **(headers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self.route
@@ -44,7 +49,7 @@ class _StaticFiles(StaticFiles):
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
-        response.headers.update(HEADERS)
+        response.headers.update(self.headers)
         return response
 
 
@@ -57,4 +62,5 @@ def add_web_page(app: FastAPI) -> None:
         # no-cache: a browser revalidates, so an upgraded server's page is picked up at once.
         return HTMLResponse(index, headers={**HEADERS, "Cache-Control": "no-cache"})
 
-    app.mount("/static", _StaticFiles(packages=[(__package__, "static")]), name="static")
+    app.mount("/static", SecureStaticFiles("/static", packages=[(__package__, "static")]),
+              name="static")
