@@ -269,9 +269,7 @@ def export_deepface(obj: Context, domain: str, out: Path, fmt: str | None,
     """
     from .. import deepface_files, deepface_pkl
 
-    if deepface_version is None:  # export-pkl keeps writing what its name says
-        pkl = click.get_current_context().info_name == "export-pkl" and fmt in (None, "pkl")
-        deepface_version = "0.0.101" if pkl else deepface_files.CURRENT_DEEPFACE
+    deepface_version = deepface_version or deepface_files.CURRENT_DEEPFACE
     formats = deepface_files.formats_read_by(deepface_version)
     fmt = fmt or formats[0]
     if fmt not in formats:
@@ -317,7 +315,15 @@ def export_deepface(obj: Context, domain: str, out: Path, fmt: str | None,
                    "those rows and embeds the folder's photos again", err=True)
 
 
-cli.add_command(export_deepface, "export-pkl")  # its name before DeepFace left PKL: writes PKL
+@cli.command("export-pkl", params=export_deepface.params)
+@click.pass_context
+def export_pkl(ctx: click.Context, fmt: str | None, deepface_version: str | None,
+               **options: object) -> None:
+    """export-deepface under its name from before DeepFace left PKL: it still writes PKL (for
+    DeepFace 0.0.101) unless --format or --deepface-version says otherwise."""
+    if deepface_version is None and fmt in (None, "pkl"):
+        deepface_version = "0.0.101"
+    ctx.invoke(export_deepface, fmt=fmt, deepface_version=deepface_version, **options)
 
 
 def _export_model(counts: dict[str, int], domain_model: str, domain: str,
