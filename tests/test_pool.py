@@ -143,6 +143,26 @@ def test_stopped_worker_times_out_and_is_replaced(settings: Settings, photo: byt
         assert stats["timeouts"] == 1 and stats["restarts"] == 1 and victim not in pool.pids()
 
 
+def test_a_photo_bigger_than_the_pipe_times_out_on_a_stopped_worker(settings: Settings,
+                                                                     photo: bytes) -> None:
+    """A stopped worker stops reading its pipe: writing a photo bigger than the pipe's buffer
+    (64 KiB) must not hang the dispatcher past the timeout (it did, for as long as the client
+    waited)."""
+    big = upscaled(photo, 1500, "PNG")
+    assert len(big) > 256 * 1024
+    with ModelPool(ModelSpec(cache_dir=str(settings.cache_dir)), workers=1,
+                   task_timeout=2) as pool:
+        pool.start()
+        (victim,) = pool.pids()
+        os.kill(victim, signal.SIGSTOP)
+        started = time.monotonic()
+        error = pool.submit(big, max_pixels=10**8, max_faces=5).exception(timeout=30)
+        assert isinstance(error, TaskTimeout), error
+        assert 2 <= time.monotonic() - started < 20
+        wait_until(lambda: gone(victim), timeout=10)
+        assert pool.analyze(big).faces_found >= 1  # the replacement answers the same photo
+
+
 @pytest.fixture(scope="module")
 def huge(photo: bytes) -> bytes:
     """A 64-megapixel PNG: seconds of decoding and ~1.7 GB of address space in a worker."""

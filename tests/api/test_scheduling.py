@@ -155,22 +155,27 @@ def test_a_full_queue_answers_503_overloaded_at_once(srv, lfw: Path, people: lis
 
 def test_a_stopped_worker_is_cut_off_after_the_timeout(srv, lfw: Path, people: list[str]) -> None:
     photo = photos_of(lfw, people[2])[0].read_bytes()
+    slow = upscaled(photos_of(lfw, people[3])[0], 3000)  # a few hundred ms of work
+    wait_for(lambda: pool_stats(srv)["busy"] == 0)
     victim, healthy = srv.worker_pids()
     os.kill(victim, signal.SIGSTOP)  # stuck as in native code: alive, never answers
 
     try:
         with srv.client(ADMIN_KEY, limits=httpx.Limits(max_connections=10)) as client, \
                 ThreadPoolExecutor(10) as ex:
-            def recognize() -> tuple[httpx.Response, float]:
+            def recognize(data: bytes) -> tuple[httpx.Response, float]:
                 started = time.monotonic()
-                r = client.post(f"/v1/domains/{OTHER}/recognize", files=files([photo]))
+                r = client.post(f"/v1/domains/{OTHER}/recognize", files=files([data]))
                 return r, time.monotonic() - started
 
-            # One after another: the first the stopped worker's slot takes hangs there (so it
-            # takes no other); the healthy worker answers the rest meanwhile.
-            futures = []
-            for _ in range(10):
-                futures.append(ex.submit(recognize))
+            # The slow photo takes one worker; the next photo, sent while it runs, takes the
+            # other. So exactly one of the two lands on the stopped worker, whichever took the
+            # slow one (an idle healthy worker would otherwise win every task, never testing
+            # the timeout). That one hangs there; the healthy worker answers the rest meanwhile.
+            futures = [ex.submit(recognize, slow)]
+            wait_for(lambda: pool_stats(srv)["busy"] == 1)
+            for _ in range(9):
+                futures.append(ex.submit(recognize, photo))
                 time.sleep(0.15)
             answers = [f.result() for f in futures]
     finally:

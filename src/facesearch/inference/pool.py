@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Literal, TypeVar
 
 from ..errors import FacesearchError, ModelError, Overloaded, PhotoRefused, TaskTimeout
@@ -55,6 +56,10 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # seconds between attempts to load a mod
 IDLE_CHECK = 1.0  # seconds between liveness checks of an idle worker
 CRASH_LIMIT = 2  # a photo that stopped a worker this many times is refused from then on
 _TIMED_OUT = ("timed out",)  # _receive's answer when the worker did not reply in time
+# A task this small (pickled) is written to the pipe directly: it fits the pipe's buffer (64 KiB),
+# so the write returns even if the worker has stopped reading. A bigger one (a photo) is written
+# by a helper thread, so a stuck worker cannot block the dispatcher past the task timeout.
+_SEND_DIRECT = 32 * 1024
 
 _spawn = multiprocessing.get_context("spawn")
 _launch_lock = threading.Lock()  # Process.start() from several threads at once is not documented safe
@@ -476,8 +481,7 @@ class ModelPool:
         started = time.monotonic()
         try:
             try:
-                slot.conn.send((task.name, task.args, task.threads))
-                reply = self._receive(slot, self.task_timeout)
+                reply = self._exchange(slot, (task.name, task.args, task.threads))
             except OSError:
                 reply = None
             except Exception as exc:  # the task or its answer did not (un)pickle; the worker is fine
@@ -501,6 +505,35 @@ class ModelPool:
                     slot.state = "ready"
                 self._task_seconds += 0.2 * (time.monotonic() - started - self._task_seconds)
                 self._cond.notify_all()
+
+    def _exchange(self, slot: _Slot, message: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Send a task and wait for the answer, both within the task timeout (``_receive``'s
+        answers). A stopped worker stops reading its pipe: writing a photo bigger than the pipe's
+        buffer would then block as long as its answer would never come."""
+        assert slot.conn is not None
+        data = ForkingPickler.dumps(message)  # what Connection.send does; unpicklable: raises here
+        started = time.monotonic()
+        if len(data) <= _SEND_DIRECT or self.task_timeout is None:
+            slot.conn.send_bytes(data)
+        else:
+            failed: list[BaseException] = []
+
+            def send() -> None:
+                try:
+                    slot.conn.send_bytes(data)  # type: ignore[union-attr]
+                except BaseException as exc:
+                    failed.append(exc)
+
+            sender = threading.Thread(target=send, daemon=True, name=f"{slot.index}-send")
+            sender.start()
+            sender.join(self.task_timeout)
+            if sender.is_alive():
+                return _TIMED_OUT  # the caller kills the worker, which ends the write (EPIPE)
+            if failed:
+                raise failed[0]
+        if self.task_timeout is None:
+            return self._receive(slot)
+        return self._receive(slot, max(0.0, self.task_timeout - (time.monotonic() - started)))
 
     def _lost(self, slot: _Slot, task: _Task, timed_out: bool) -> FacesearchError:
         """The slot's worker died running ``task``, or ran past the timeout (it is killed):
