@@ -321,11 +321,26 @@ class Gallery:
         the embeddings from disk at once (no dead tuples waiting for VACUUM)."""
         domain = await self.get_domain(name)
         async with self.conn.transaction():
+            # The row first: an enrollment (another replica's) holds it while it writes, so this
+            # waits for it rather than deadlocking with it over the partition's lock (DROP).
+            if not await self._lock_domain_row(domain, "UPDATE"):
+                raise NotFound(f"unknown domain {name!r}")
             info = await self.domain_info(domain.name)
             await self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(domain.id)))
             # People and keys go by ON DELETE CASCADE.
             await self.conn.execute("DELETE FROM domains WHERE id = %s", (domain.id,))
         return info
+
+    async def lock_domain(self, domain: Domain) -> None:
+        """In a transaction: hold the domain's row until it ends, so that a concurrent
+        :meth:`delete_domain` (another replica's) waits for this one, or this one for it; then
+        NotFound if it is gone. Enrollments take it first (it is the row their ids come from)."""
+        if not await self._lock_domain_row(domain, "NO KEY UPDATE"):
+            raise NotFound(f"domain {domain.name!r} was deleted meanwhile")
+
+    async def _lock_domain_row(self, domain: Domain, strength: str) -> bool:
+        row = await self._one(f"SELECT 1 FROM domains WHERE id = %s FOR {strength}", (domain.id,))
+        return row is not None
 
     # -- people ----------------------------------------------------------------------------------
 
@@ -425,7 +440,15 @@ class Gallery:
     async def delete_person(self, domain: Domain, person: int | str) -> int:
         """Delete a person and their faces; returns how many faces were deleted."""
         async with self.conn.transaction():
-            pid = await self.person_id(domain, person)
+            # Their row locked first (FOR UPDATE): an enrollment to them (another replica's) either
+            # committed before, and its faces are deleted here, or waits and then finds them gone
+            # (add_faces: NotFound); never a face left without its person, nor a deadlock.
+            column, value = _person_key(person)
+            row = await self._one(f"SELECT id FROM people WHERE domain_id = %s AND {column} = %s"
+                                  " FOR UPDATE", (domain.id, value))
+            if row is None:
+                raise _no_person(domain, column, value)
+            pid = row[0]
             cur = await self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND person_id = %s",
                                           (domain.id, pid))
             faces = cur.rowcount
@@ -462,9 +485,12 @@ class Gallery:
                 raise ValueError(f"embedding must be {dim} finite numbers for model {model!r}")
         # Reserved before the transaction, so the domain's row is locked for this one statement,
         # not while the faces are written (ids a failed write leaves unused are simply skipped).
-        first = (await self._one(
+        reserved = await self._one(
             "UPDATE domains SET next_face_id = next_face_id + %(n)s WHERE id = %(domain)s"
-            " RETURNING next_face_id - %(n)s", {"n": len(faces), "domain": domain.id}))[0]
+            " RETURNING next_face_id - %(n)s", {"n": len(faces), "domain": domain.id})
+        if reserved is None:  # deleted since the caller read it (by another replica, say)
+            raise NotFound(f"domain {domain.name!r} was deleted meanwhile")
+        first = reserved[0]
         async with self.conn.transaction():
             # Whoever may build the domain's index takes its lock before writing rows: the build
             # waits for other writers' row locks, so a writer holding rows while it waits for the
@@ -492,13 +518,21 @@ class Gallery:
                         progress(500)
             if progress is not None:
                 progress(len(faces) % 500)
-            rows = await self._all(
-                "WITH added AS (INSERT INTO faces (id, domain_id, person_id, model_id, embedding,"
-                " box_x, box_y, box_w, box_h, det_score, photo_sha256, thumbnail, source, source_hash)"
-                " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
-                " det_score, photo_sha256, thumbnail, source, source_hash FROM new_faces ORDER BY ord"
-                " ON CONFLICT (domain_id, person_id, model_id, photo_sha256) DO NOTHING RETURNING id)"
-                " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id ORDER BY n.ord")
+            try:
+                rows = await self._all(
+                    "WITH added AS (INSERT INTO faces (id, domain_id, person_id, model_id, embedding,"
+                    " box_x, box_y, box_w, box_h, det_score, photo_sha256, thumbnail, source, source_hash)"
+                    " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
+                    " det_score, photo_sha256, thumbnail, source, source_hash FROM new_faces ORDER BY ord"
+                    " ON CONFLICT (domain_id, person_id, model_id, photo_sha256) DO NOTHING RETURNING id)"
+                    " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id ORDER BY n.ord")
+            except psycopg.errors.ForeignKeyViolation:
+                # The person was deleted after the caller found them (by another replica, say):
+                # the enrollment is refused as a whole, no face is left behind.
+                raise NotFound(f"the person was deleted from domain {domain.name!r} while the "
+                               "photos were being enrolled") from None
+            except psycopg.errors.CheckViolation:  # no partition left: the domain was deleted
+                raise NotFound(f"domain {domain.name!r} was deleted meanwhile") from None
             # After the rows, so a first bulk enrollment builds the graph in one pass (much faster
             # than growing it row by row); later batches are added to the existing index.
             if build and not await self._index_exists(domain, model_id):
