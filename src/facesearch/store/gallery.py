@@ -54,6 +54,16 @@ HNSW_MAX_DIMS = 2000
 PARALLEL_BUILD_WORKERS = 64
 
 
+# Table locks in one order, so that writers on several replicas never deadlock: a transaction that
+# writes faces takes WRITE_LOCK first (the tables its statements would lock one by one, in the order
+# they do), and one that creates or drops a faces partition, which locks every table faces refers
+# to, takes DDL_LOCK first; that one waits for the writers in flight, and new writers wait for it
+# before they hold anything. (Without it a new domain's partition deadlocked with the domain's own
+# INSERT made by another replica.)
+WRITE_LOCK = "LOCK TABLE domains, people IN ROW EXCLUSIVE MODE"
+DDL_LOCK = "LOCK TABLE domains, people, models IN SHARE ROW EXCLUSIVE MODE"
+
+
 @dataclass(frozen=True)
 class Domain:
     id: int
@@ -270,7 +280,10 @@ class Gallery:
         domain is returned as it is (with its own model, whatever ``model`` says)."""
         name = names.domain_name(name)
         model_dim(model)
+        if exist_ok and await self._one("SELECT 1 FROM domains WHERE name = %s", (name,)):
+            return await self.get_domain(name)
         async with self.conn.transaction():
+            await self.conn.execute(DDL_LOCK)
             row = await self._one(
                 "INSERT INTO domains (name, model) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
                 " RETURNING id", (name, model))
@@ -321,9 +334,8 @@ class Gallery:
         the embeddings from disk at once (no dead tuples waiting for VACUUM)."""
         domain = await self.get_domain(name)
         async with self.conn.transaction():
-            # The row first: an enrollment (another replica's) holds it while it writes, so this
-            # waits for it rather than deadlocking with it over the partition's lock (DROP).
-            if not await self._lock_domain_row(domain, "UPDATE"):
+            await self.conn.execute(DDL_LOCK)  # enrollments in flight end first (see DDL_LOCK)
+            if not await self._one("SELECT 1 FROM domains WHERE id = %s FOR UPDATE", (domain.id,)):
                 raise NotFound(f"unknown domain {name!r}")
             info = await self.domain_info(domain.name)
             await self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(domain.id)))
@@ -332,15 +344,14 @@ class Gallery:
         return info
 
     async def lock_domain(self, domain: Domain) -> None:
-        """In a transaction: hold the domain's row until it ends, so that a concurrent
-        :meth:`delete_domain` (another replica's) waits for this one, or this one for it; then
-        NotFound if it is gone. Enrollments take it first (it is the row their ids come from)."""
-        if not await self._lock_domain_row(domain, "NO KEY UPDATE"):
+        """First in a transaction that writes faces (an enrollment): the table locks in their
+        order (WRITE_LOCK) and the domain's row until it ends, so that a concurrent
+        :meth:`delete_domain` or :meth:`create_domain` (another replica's, say) waits for this
+        one or this one for it; then NotFound if the domain is gone."""
+        await self.conn.execute(WRITE_LOCK)
+        if not await self._one("SELECT 1 FROM domains WHERE id = %s FOR NO KEY UPDATE",
+                               (domain.id,)):
             raise NotFound(f"domain {domain.name!r} was deleted meanwhile")
-
-    async def _lock_domain_row(self, domain: Domain, strength: str) -> bool:
-        row = await self._one(f"SELECT 1 FROM domains WHERE id = %s FOR {strength}", (domain.id,))
-        return row is not None
 
     # -- people ----------------------------------------------------------------------------------
 
@@ -443,6 +454,7 @@ class Gallery:
             # Their row locked first (FOR UPDATE): an enrollment to them (another replica's) either
             # committed before, and its faces are deleted here, or waits and then finds them gone
             # (add_faces: NotFound); never a face left without its person, nor a deadlock.
+            await self.conn.execute(WRITE_LOCK)
             column, value = _person_key(person)
             row = await self._one(f"SELECT id FROM people WHERE domain_id = %s AND {column} = %s"
                                   " FOR UPDATE", (domain.id, value))
