@@ -199,7 +199,7 @@ def test_deleting_a_person_while_the_other_replica_enrolls(replicas: list[Server
         pending = ex.submit(_slow_enrollment, b, f"/v1/domains/rep-del/people/{person['id']}/faces",
                             photos[1:3], sent_half, go_on)
         assert sent_half.wait(30)
-        time.sleep(1.0)  # the route looks the person up before it reads the body
+        time.sleep(2.0)  # the route looks the person up before it reads the body (ms)
         assert a.admin.delete(f"/v1/domains/rep-del/people/{person['id']}").status_code == 200
         go_on.set()
         late = pending.result()
@@ -237,7 +237,7 @@ def test_a_domain_deleted_and_made_again_on_the_other_replica(replicas: list[Ser
         pending = ex.submit(_slow_enrollment, b, "/v1/domains/rep-cycle/people/1/faces",
                             photos_of(lfw, old)[2:3], sent_half, go_on)
         assert sent_half.wait(30)
-        time.sleep(1.0)
+        time.sleep(2.0)
         assert a.admin.delete("/v1/domains/rep-cycle").status_code == 200
         assert a.admin.post("/v1/domains", json={"name": "rep-cycle"}).status_code == 201
         go_on.set()
