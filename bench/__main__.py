@@ -44,6 +44,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "http": ("bench.bench_http", ["--min-face", "40,80"],
              ["--people", "20", "--requests", "30", "--concurrency", "1,4", "--min-face", "40,80",
               "--models", "sface-2021dec"]),
+    "replicas": ("bench.bench_replicas", [], ["--people", "20", "--requests", "40", "--rounds", "1",
+                                              "--replicas", "1,2"]),
     # ~20 min on its own (issue 15): resources of one server under a long mixed load.
     "soak": ("bench.bench_soak", [], ["--requests", "200", "--minutes", "0.5", "--people", "20",
                                       "--sample", "5", "--plot", "", "--out",

@@ -113,10 +113,13 @@ def test_missing_wrong_and_revoked_keys(server, tenants: dict) -> None:
     assert_error(server.admin.delete(f"/v1/domains/iso-b/keys/{tenants['iso-a']['key']['id']}"), 404)
 
 
-def test_generated_admin_key_is_printed_once_and_kept_hashed(tmp_path: Path, db_url: str) -> None:
-    """No FACESEARCH_ADMIN_KEY: the first start makes a key, prints it once, stores its hash."""
-    home = tmp_path / "home"
-    env = {"FACESEARCH_DATABASE_URL": db_url, "FACESEARCH_WORKERS": "1"}
+def test_generated_admin_key_is_printed_once_and_kept_hashed(tmp_path: Path, home: Path,
+                                                             db_url: str) -> None:
+    """No FACESEARCH_ADMIN_KEY: the first start makes a key, prints it once, stores its hash.
+    On the embedded server (the session's, in ``home``): with an external database URL a key is
+    never generated (test_replicas.py)."""
+    env = {"FACESEARCH_WORKERS": "1"}
+    (home / "admin-key.sha256").unlink(missing_ok=True)
     log = tmp_path / "first.log"
     first = start_server(home, log, env=env, admin_key=None)
     try:
@@ -134,3 +137,4 @@ def test_generated_admin_key_is_printed_once_and_kept_hashed(tmp_path: Path, db_
         assert_error(second.client("fsa_guess").get("/v1/domains"), 401)
     finally:
         second.stop()
+        (home / "admin-key.sha256").unlink(missing_ok=True)

@@ -51,6 +51,7 @@ def serve(obj: Context, host: str, port: int, model_workers: int | None, log_lev
 
     from ..models import check_model_files
     from ..service.app import create_app
+    from ..service.auth import check_replica_key
     from ..service.connections import uvicorn_options
     from ..service.observability import configure_logging
     from ..store import database_url, prepare
@@ -64,6 +65,7 @@ def serve(obj: Context, host: str, port: int, model_workers: int | None, log_lev
     # Database first, so a wrong URL or a missing pgvector is a plain message and exit code 1, not
     # a failed application start-up. (No connection is kept: the app opens its pool at start-up.)
     if not uses_pkl(settings.store):  # PKL mode has no database
+        check_replica_key(settings)  # external database: the admin key must be configured
         url = database_url(settings)
         prepare(url)
         settings = replace(settings, database_url=url)

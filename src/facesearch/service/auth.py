@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import sys
@@ -17,10 +18,12 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from ..config import Settings
+from ..config import MIN_ADMIN_KEY, Settings
 from ..errors import Forbidden, Unauthorized
 
 ADMIN_KEY_FILE = "admin-key.sha256"
+
+log = logging.getLogger("facesearch.service")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,30 @@ def admin_key_digest(settings: Settings) -> bytes:
           f"Set FACESEARCH_ADMIN_KEY to choose your own; delete that file for a new one.\n",
           file=sys.stderr, flush=True)
     return digest(key)
+
+
+def check_replica_key(settings: Settings) -> None:
+    """On an external database (``settings.database_url`` as configured, before the embedded
+    server's URL replaces it), refuse to start without FACESEARCH_ADMIN_KEY unless an earlier
+    start left a key's hash in the data directory (then warn).
+
+    Several replicas may share that database, each with its own data directory: a key generated
+    by one would be unknown to the others, and each would print its own (rule 7: what a replica
+    needs lives in PostgreSQL or its configuration). A shared key in the configuration is what a
+    deployment of replicas has anyway (docs/DEPLOY.md), and it needs no schema change."""
+    if settings.admin_key or not settings.database_url:
+        return
+    path = settings.home / ADMIN_KEY_FILE
+    if path.exists():
+        log.warning("the admin key is the one whose hash is in %s: replicas with another data "
+                    "directory do not know it; set FACESEARCH_ADMIN_KEY on every replica", path)
+        return
+    raise SystemExit(
+        "error: FACESEARCH_DATABASE_URL is set but FACESEARCH_ADMIN_KEY is not. On an external "
+        "database every replica must be given the same admin key (one generated here would be "
+        f"known to this replica only): set FACESEARCH_ADMIN_KEY (at least {MIN_ADMIN_KEY} "
+        "characters, e.g. from python3 -c 'import secrets; print(\"fsa_\" + "
+        "secrets.token_urlsafe(32))') on every replica; see docs/DEPLOY.md")
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -54,6 +54,16 @@ HNSW_MAX_DIMS = 2000
 PARALLEL_BUILD_WORKERS = 64
 
 
+# Table locks in one order, so that writers on several replicas never deadlock: a transaction that
+# writes faces takes WRITE_LOCK first (the tables its statements would lock one by one, in the order
+# they do), and one that creates or drops a faces partition, which locks every table faces refers
+# to, takes DDL_LOCK first; that one waits for the writers in flight, and new writers wait for it
+# before they hold anything. (Without it a new domain's partition deadlocked with the domain's own
+# INSERT made by another replica.)
+WRITE_LOCK = "LOCK TABLE domains, people IN ROW EXCLUSIVE MODE"
+DDL_LOCK = "LOCK TABLE domains, people, models IN SHARE ROW EXCLUSIVE MODE"
+
+
 @dataclass(frozen=True)
 class Domain:
     id: int
@@ -270,7 +280,10 @@ class Gallery:
         domain is returned as it is (with its own model, whatever ``model`` says)."""
         name = names.domain_name(name)
         model_dim(model)
+        if exist_ok and await self._one("SELECT 1 FROM domains WHERE name = %s", (name,)):
+            return await self.get_domain(name)
         async with self.conn.transaction():
+            await self.conn.execute(DDL_LOCK)
             row = await self._one(
                 "INSERT INTO domains (name, model) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
                 " RETURNING id", (name, model))
@@ -321,11 +334,24 @@ class Gallery:
         the embeddings from disk at once (no dead tuples waiting for VACUUM)."""
         domain = await self.get_domain(name)
         async with self.conn.transaction():
+            await self.conn.execute(DDL_LOCK)  # enrollments in flight end first (see DDL_LOCK)
+            if not await self._one("SELECT 1 FROM domains WHERE id = %s FOR UPDATE", (domain.id,)):
+                raise NotFound(f"unknown domain {name!r}")
             info = await self.domain_info(domain.name)
             await self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(domain.id)))
             # People and keys go by ON DELETE CASCADE.
             await self.conn.execute("DELETE FROM domains WHERE id = %s", (domain.id,))
         return info
+
+    async def lock_domain(self, domain: Domain) -> None:
+        """First in a transaction that writes faces (an enrollment): the table locks in their
+        order (WRITE_LOCK) and the domain's row until it ends, so that a concurrent
+        :meth:`delete_domain` or :meth:`create_domain` (another replica's, say) waits for this
+        one or this one for it; then NotFound if the domain is gone."""
+        await self.conn.execute(WRITE_LOCK)
+        if not await self._one("SELECT 1 FROM domains WHERE id = %s FOR NO KEY UPDATE",
+                               (domain.id,)):
+            raise NotFound(f"domain {domain.name!r} was deleted meanwhile")
 
     # -- people ----------------------------------------------------------------------------------
 
@@ -425,7 +451,16 @@ class Gallery:
     async def delete_person(self, domain: Domain, person: int | str) -> int:
         """Delete a person and their faces; returns how many faces were deleted."""
         async with self.conn.transaction():
-            pid = await self.person_id(domain, person)
+            # Their row locked first (FOR UPDATE): an enrollment to them (another replica's) either
+            # committed before, and its faces are deleted here, or waits and then finds them gone
+            # (add_faces: NotFound); never a face left without its person, nor a deadlock.
+            await self.conn.execute(WRITE_LOCK)
+            column, value = _person_key(person)
+            row = await self._one(f"SELECT id FROM people WHERE domain_id = %s AND {column} = %s"
+                                  " FOR UPDATE", (domain.id, value))
+            if row is None:
+                raise _no_person(domain, column, value)
+            pid = row[0]
             cur = await self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND person_id = %s",
                                           (domain.id, pid))
             faces = cur.rowcount
@@ -462,9 +497,12 @@ class Gallery:
                 raise ValueError(f"embedding must be {dim} finite numbers for model {model!r}")
         # Reserved before the transaction, so the domain's row is locked for this one statement,
         # not while the faces are written (ids a failed write leaves unused are simply skipped).
-        first = (await self._one(
+        reserved = await self._one(
             "UPDATE domains SET next_face_id = next_face_id + %(n)s WHERE id = %(domain)s"
-            " RETURNING next_face_id - %(n)s", {"n": len(faces), "domain": domain.id}))[0]
+            " RETURNING next_face_id - %(n)s", {"n": len(faces), "domain": domain.id})
+        if reserved is None:  # deleted since the caller read it (by another replica, say)
+            raise NotFound(f"domain {domain.name!r} was deleted meanwhile")
+        first = reserved[0]
         async with self.conn.transaction():
             # Whoever may build the domain's index takes its lock before writing rows: the build
             # waits for other writers' row locks, so a writer holding rows while it waits for the
@@ -492,13 +530,21 @@ class Gallery:
                         progress(500)
             if progress is not None:
                 progress(len(faces) % 500)
-            rows = await self._all(
-                "WITH added AS (INSERT INTO faces (id, domain_id, person_id, model_id, embedding,"
-                " box_x, box_y, box_w, box_h, det_score, photo_sha256, thumbnail, source, source_hash)"
-                " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
-                " det_score, photo_sha256, thumbnail, source, source_hash FROM new_faces ORDER BY ord"
-                " ON CONFLICT (domain_id, person_id, model_id, photo_sha256) DO NOTHING RETURNING id)"
-                " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id ORDER BY n.ord")
+            try:
+                rows = await self._all(
+                    "WITH added AS (INSERT INTO faces (id, domain_id, person_id, model_id, embedding,"
+                    " box_x, box_y, box_w, box_h, det_score, photo_sha256, thumbnail, source, source_hash)"
+                    " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
+                    " det_score, photo_sha256, thumbnail, source, source_hash FROM new_faces ORDER BY ord"
+                    " ON CONFLICT (domain_id, person_id, model_id, photo_sha256) DO NOTHING RETURNING id)"
+                    " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id ORDER BY n.ord")
+            except psycopg.errors.ForeignKeyViolation:
+                # The person was deleted after the caller found them (by another replica, say):
+                # the enrollment is refused as a whole, no face is left behind.
+                raise NotFound(f"the person was deleted from domain {domain.name!r} while the "
+                               "photos were being enrolled") from None
+            except psycopg.errors.CheckViolation:  # no partition left: the domain was deleted
+                raise NotFound(f"domain {domain.name!r} was deleted meanwhile") from None
             # After the rows, so a first bulk enrollment builds the graph in one pass (much faster
             # than growing it row by row); later batches are added to the existing index.
             if build and not await self._index_exists(domain, model_id):

@@ -26,6 +26,9 @@ def ensure_vector_extension(conn: psycopg.Connection) -> str:
         )
     try:
         with conn.transaction():
+            # Replicas starting together on a new database: IF NOT EXISTS alone still lets two
+            # sessions insert the extension at once (a unique violation for the second).
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except psycopg.Error as exc:
         raise StoreError(

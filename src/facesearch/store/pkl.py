@@ -840,6 +840,11 @@ class PklGallery:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
         return st.domain()
 
+    async def lock_domain(self, domain: Domain) -> None:
+        """Gallery.lock_domain's check (one process, no row to lock): NotFound if it is gone."""
+        if await self.store.domain(domain.name) is None:
+            raise NotFound(f"domain {domain.name!r} was deleted meanwhile")
+
     async def create_domain(self, name: str, *, model: str, exist_ok: bool = False) -> Domain:
         """Create a domain of ``model``: its folder and sidecar (no model file until it has faces).
         With ``exist_ok``, an existing domain is returned as it is (with its own model)."""

@@ -186,6 +186,9 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
         # One transaction for a new person and their faces: an enrollment cut by a database
         # fault leaves no person behind.
         async with svc.gallery() as gallery, gallery.conn.transaction():
+            # The domain's row first: a domain deleted meanwhile (by another replica) is a 404,
+            # and the deletion waits for this transaction rather than deadlocking with it.
+            await gallery.lock_domain(dom)
             pid = (person.id if isinstance(person, Person)
                    else await gallery.person_id(dom, person, create=True))
             ids = await gallery.add_faces(dom, dom.model, [
