@@ -34,9 +34,12 @@ async def create_domain(body: DomainCreate, _: AdminDep,
     load here (DeepFace's without their weights), is refused (422) with the list of models."""
     model = usable_model(svc.settings.model if body.model is None else body.model)
     async with svc.gallery() as gallery:
-        if body.keep_unknown:
+        if body.keep_unknown or body.shard is not None:
             unknown.require_postgres(gallery)  # before anything is created
-        dom = await gallery.create_domain(body.name, model=model)
+        if body.shard is None:
+            dom = await gallery.create_domain(body.name, model=model)
+        else:
+            dom = await gallery.create_domain(body.name, model=model, shard=body.shard)
         if body.keep_unknown:
             await unknown.set_keep_unknown(gallery, dom.name, True)
         return domain_out(svc, await gallery.domain_info(dom.name))
