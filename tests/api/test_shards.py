@@ -218,6 +218,20 @@ def test_search_runs_on_the_shard_by_its_index(cluster: Cluster, domains: dict) 
     assert f"Index Scan using faces_d{dom.id}_m{model_id}_hnsw" in shard_plan, shard_plan
 
 
+def test_doctor_checks_a_sharded_domain(cluster: Cluster, shards_home: Path) -> None:
+    from facesearch import doctor
+    from facesearch.config import Settings
+
+    db = doctor.Database(cluster.primary.url)
+    try:
+        checks = {c.check: c for c in doctor.database_checks(db, Settings(home=shards_home))}
+    finally:
+        db.close()
+    assert checks["shard: big-shard"].status == "ok", checks["shard: big-shard"]
+    assert "on shard shard2: searched there" in checks["shard: big-shard"].detail
+    assert checks["index: big-local"].status == "ok", checks["index: big-local"]
+
+
 def test_shards_api_and_bad_input(api: Server, cluster: Cluster, domains: dict) -> None:
     listed = {s["name"]: s for s in api.admin.get("/v1/shards").json()["shards"]}
     assert set(listed) == {"shard1", "shard2"}
