@@ -6,7 +6,9 @@ filled with the same synthetic faces (clustered like real embeddings, bench/synt
 each query searched in both, alternately, through facesearch's own search (Gallery.search, as the
 HTTP service runs it). The sharded search adds postgres_fdw's round trip to the shard and the
 transfer of the candidates' embeddings (postgres_fdw computes the distance of each fetched row
-on the primary: it sends the ORDER BY <=> LIMIT, not the select list).
+on the primary: it sends the ORDER BY <=> LIMIT, not the select list). Both are approximate
+(each server builds its own HNSW graph), so each is scored against the exact answer (brute force):
+person-level recall@k, and how often the two lists are identical.
 
     python -m bench.bench_shards [--faces 25000] [--dim 128] [--queries 300] [--k 5,30]
 """
@@ -43,6 +45,23 @@ def fill(g: BlockingGallery, name: str, shard: str | None, faces: np.ndarray) ->
             batch.append(NewFace(people[f"p{i:05d}"], faces[i, j], (0, 0, 10, 10), 1.0, sha))
     g.add_faces(dom, SFACE_MODEL, batch)
     return dom, time.perf_counter() - t
+
+
+def exact_people(faces: np.ndarray, queries: np.ndarray, k: int) -> list[list[str]]:
+    """The true top-k people of each query (by their nearest face), by brute force."""
+    flat = faces.reshape(-1, faces.shape[-1])
+    flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    out = []
+    for q in queries:
+        per_person = (1 - flat @ (q / np.linalg.norm(q))).reshape(faces.shape[0], -1).min(axis=1)
+        out.append([f"p{i:05d}" for i in np.argsort(per_person)[:k]])
+    return out
+
+
+def recall(found: list[list[str]], exact: list[list[str]]) -> float:
+    """Share of the true top-k people a search returned (person-level recall@k)."""
+    shares = [len(set(f) & set(e)) / len(e) for f, e in zip(found, exact, strict=True)]
+    return round(float(np.mean(shares)), 4)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,15 +107,18 @@ def main(argv: list[str] | None = None) -> dict:
                         times[name].append((time.perf_counter() - t) * 1e3)
                         found[name].append([m.person for m in matches])
                 same = np.mean([a == b for a, b in zip(found["local"], found["sharded"], strict=True)])
+                exact = exact_people(faces, queries, k)
                 for name in ("local", "sharded"):
                     t = np.array(times[name])
                     result[f"k{k}_{name}"] = {"p50_ms": round(float(np.percentile(t, 50)), 2),
                                               "p95_ms": round(float(np.percentile(t, 95)), 2),
-                                              "rows": int(np.mean([len(f) for f in found[name]]))}
+                                              "rows": int(np.mean([len(f) for f in found[name]])),
+                                              "recall": recall(found[name], exact)}
                 result[f"k{k}_same_answers"] = round(float(same), 3)
                 print(f"k={k}: " + ", ".join(
                     f"{n} p50 {result[f'k{k}_{n}']['p50_ms']} ms p95 {result[f'k{k}_{n}']['p95_ms']} ms"
-                    for n in ("local", "sharded")) + f"; same answers {same:.1%}", flush=True)
+                    f" recall {result[f'k{k}_{n}']['recall']}" for n in ("local", "sharded"))
+                    + f"; identical lists {same:.1%}", flush=True)
     finally:
         for s in servers:
             s.destroy()
