@@ -264,7 +264,7 @@ def test_delete_a_sharded_domain_removes_its_data_there(api: Server, cluster: Cl
     assert api.admin.get("/v1/domains/on2").status_code == 404
 
 
-def test_shards_list_cli_and_a_stopped_shard(cluster: Cluster, shards_home: Path,
+def test_shards_list_cli_and_a_stopped_shard(cluster: Cluster, shards_home: Path, api: Server,
                                               domains: dict) -> None:
     out = facesearch(cluster, shards_home, "shards", "list")
     assert out.returncode == 0, out.stderr
@@ -277,5 +277,9 @@ def test_shards_list_cli_and_a_stopped_shard(cluster: Cluster, shards_home: Path
         down = facesearch(cluster, shards_home, "shards", "list")
         assert down.returncode == 0, down.stderr
         assert "UNREACHABLE" in next(ln for ln in down.stdout.splitlines() if ln.startswith("shard1"))
+        # Its domain answers 503 (try again), the others as before; the service stays up.
+        photo = jpeg(next(iter(domains["held_out"].values())))
+        assert_error(api.admin.post("/v1/domains/on1/recognize", files={"photo": photo}), 503)
+        assert api.admin.post("/v1/domains/local/recognize", files={"photo": photo}).status_code == 200
     finally:
         cluster.shards["shard1"].start()

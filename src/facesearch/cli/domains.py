@@ -64,7 +64,9 @@ def domains_create(obj: Context, name: str, model: str | None, keep_unknown: boo
         if shard is None:
             gallery.create_domain(name, model=model)
         else:  # PKL mode has no shards
-            unknown.require_postgres(gallery.gallery)
+            from ..store import shards
+
+            shards.require_postgres(gallery.gallery)
             gallery.create_domain(name, model=model, shard=shard)
         if keep_unknown:
             gallery.run(unknown.set_keep_unknown(gallery.gallery, name, True))

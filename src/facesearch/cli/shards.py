@@ -25,10 +25,9 @@ def shards() -> None:
 def shards_add(obj: Context, name: str, url: str) -> None:
     """Attach the server at URL as shard NAME (checks it answers and has pgvector)."""
     from ..store import shards as store_shards
-    from ..store.unknown import require_postgres
 
     with obj.gallery() as gallery:
-        shard = gallery.run(store_shards.add_shard(require_postgres(gallery.gallery), name, url))
+        shard = gallery.run(store_shards.add_shard(store_shards.require_postgres(gallery.gallery), name, url))
     click.echo(f"added shard {shard.name} ({shard.url}): create domains on it with "
                f"'facesearch domains create NAME --shard {shard.name}'")
 
@@ -39,10 +38,9 @@ def shards_add(obj: Context, name: str, url: str) -> None:
 def shards_list(obj: Context, as_json: bool) -> None:
     """Each shard: whether it answers, its domains and their faces."""
     from ..store import shards as store_shards
-    from ..store.unknown import require_postgres
 
     with obj.gallery() as gallery:
-        rows = gallery.run(store_shards.list_shards(require_postgres(gallery.gallery)))
+        rows = gallery.run(store_shards.list_shards(store_shards.require_postgres(gallery.gallery)))
     if as_json:
         emit([{"name": s.name, "url": s.url, "reachable": s.reachable, "domains": s.domains,
                "faces": s.faces, "error": s.error, "created_at": s.created_at.isoformat()}

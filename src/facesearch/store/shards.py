@@ -76,6 +76,17 @@ def public_url(url: str) -> str:
     return make_conninfo(**info)
 
 
+def require_postgres(gallery: Any) -> Gallery:
+    """Shards are PostgreSQL's: a clear error in PKL mode."""
+    from .gallery import Gallery
+    from .unknown import NotInPkl
+
+    if not isinstance(gallery, Gallery):
+        raise NotInPkl("shards need the PostgreSQL store; this server runs in PKL mode "
+                       "(FACESEARCH_STORE=pkl)")
+    return gallery
+
+
 async def _connect(url: str, name: str) -> psycopg.AsyncConnection[Any]:
     try:
         return await psycopg.AsyncConnection.connect(url, autocommit=True,

@@ -9,7 +9,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from ...store import shards as store_shards
-from ...store import unknown
 from ..state import AdminDep, ServiceDep
 
 router = APIRouter(prefix="/v1/shards", tags=["shards"])
@@ -39,7 +38,7 @@ class ShardList(BaseModel):
 async def list_shards(_: AdminDep, svc: ServiceDep) -> dict:
     """Every shard: whether it answers, its domains and faces."""
     async with svc.gallery() as gallery:
-        shards = await store_shards.list_shards(unknown.require_postgres(gallery))
+        shards = await store_shards.list_shards(store_shards.require_postgres(gallery))
     return {"shards": [asdict(s) for s in shards]}
 
 
@@ -48,5 +47,5 @@ async def add_shard(body: ShardCreate, _: AdminDep, svc: ServiceDep) -> dict:
     """Attach a PostgreSQL server as a shard: it must answer and have pgvector, and this
     server needs postgres_fdw (503 otherwise, saying what to install)."""
     async with svc.gallery() as gallery:
-        return asdict(await store_shards.add_shard(unknown.require_postgres(gallery), body.name,
+        return asdict(await store_shards.add_shard(store_shards.require_postgres(gallery), body.name,
                                                    body.url))
