@@ -218,6 +218,23 @@ def test_search_runs_on_the_shard_by_its_index(cluster: Cluster, domains: dict) 
     assert f"Index Scan using faces_d{dom.id}_m{model_id}_hnsw" in shard_plan, shard_plan
 
 
+def test_a_face_left_without_its_person_matches_nobody(cluster: Cluster, domains: dict) -> None:
+    """No foreign key crosses servers: a face whose person is gone (an enrollment that raced the
+    deletion) may stay on the shard. Searches skip it instead of answering a nameless match."""
+    with BlockingGallery(cluster.primary.url) as g:
+        dom = g.get_domain("on1")
+        face = g.export_faces(dom, SFACE_MODEL)[0]
+        table = f"faces_d{dom.id}"
+        cluster.shards["shard1"].sql(
+            f"INSERT INTO {table} (id, domain_id, person_id, model_id, embedding, box_x, box_y,"
+            f" box_w, box_h, photo_sha256) SELECT 99999, domain_id, 99999, model_id, embedding, 0, 0,"
+            f" 1, 1, sha256('orphan') FROM {table} WHERE id = %s RETURNING id", (face.id,))
+        [matches] = g.search(dom, SFACE_MODEL, [face.embedding], k=5, threshold=0.9)
+        assert matches and matches[0].face_id == face.id and matches[0].person == face.person
+        assert all(m.person is not None and m.face_id != 99999 for m in matches)
+        cluster.shards["shard1"].sql(f"DELETE FROM {table} WHERE id = 99999 RETURNING id")
+
+
 def test_doctor_checks_a_sharded_domain(cluster: Cluster, shards_home: Path) -> None:
     from facesearch import doctor
     from facesearch.config import Settings

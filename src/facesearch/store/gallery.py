@@ -744,14 +744,16 @@ class Gallery:
             return await self._search(query, params)
 
     async def _search(self, query: bytes, params: list[dict[str, Any]]) -> list[list[Match]]:
+        # A face without its person (name NULL) can only be a sharded domain's, left by an
+        # enrollment racing its person's deletion (no foreign key across servers): not a match.
         async with self.conn.cursor() as cur:
             if len(params) == 1:
                 await cur.execute(query, params[0])
-                return [[Match(*r) for r in await cur.fetchall()]]
+                return [[Match(*r) for r in await cur.fetchall() if r[1] is not None]]
             await cur.executemany(query, params, returning=True)
             results = []
             while True:
-                results.append([Match(*r) for r in await cur.fetchall()])
+                results.append([Match(*r) for r in await cur.fetchall() if r[1] is not None])
                 if not cur.nextset():
                     return results
 
