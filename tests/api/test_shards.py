@@ -51,7 +51,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for server in servers.values():
             server.init()
         prepare(servers["primary"].url)
-        yield Cluster(servers.pop("primary"), servers)
+        yield Cluster(servers["primary"], {n: s for n, s in servers.items() if n != "primary"})
     finally:
         for server in servers.values():
             server.destroy()
