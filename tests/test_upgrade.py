@@ -153,3 +153,25 @@ def test_recognize_in_an_old_domain(old_release: dict, tmp_path: Path) -> None:
                                    " ON m.id = f.model_id JOIN domains d ON d.id = f.domain_id"
                                    " WHERE d.name = 'old' GROUP BY 1").fetchall())
     assert models == {DLIB_MODEL: old_release["faces"] + 1}
+
+
+def test_old_partitions_get_their_own_keys(old_release: dict) -> None:
+    """0011: faces' keys and foreign keys move from the parent to each partition (so a shard can
+    be a foreign partition); an old domain keeps refusing a duplicate face or an unknown person."""
+    with psycopg.connect(old_release["url"], autocommit=True) as conn:
+        migrate(conn)
+        old = conn.execute("SELECT id FROM domains WHERE name = 'old'").fetchone()[0]
+        keys = dict(conn.execute("SELECT conname, contype FROM pg_constraint WHERE conrelid = %s::regclass"
+                                 " AND contype IN ('p', 'u', 'f')", (f"faces_d{old}",)).fetchall())
+        assert keys == {f"faces_d{old}_pkey": "p", f"faces_d{old}_photo_key": "u",
+                        f"faces_d{old}_domain_fkey": "f", f"faces_d{old}_person_fkey": "f",
+                        f"faces_d{old}_model_fkey": "f"}
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'faces'::regclass"
+                            " AND contype IN ('p', 'u', 'f')").fetchone() == (0,)
+        copy = ("INSERT INTO faces (domain_id, id, person_id, model_id, embedding, box_x, box_y,"
+                " box_w, box_h, photo_sha256) SELECT domain_id, {}, {}, model_id, embedding, 0, 0,"
+                " 1, 1, photo_sha256 FROM faces WHERE domain_id = %s ORDER BY id LIMIT 1")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(copy.format("id + 1000", "person_id"), (old,))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(copy.format("id + 1000", "person_id + 1000"), (old,))

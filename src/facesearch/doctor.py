@@ -398,6 +398,31 @@ def check_index(db: Database, d: DomainModel, settings: Settings, stale: bool = 
                  f"partition instead ({scans}), as fast at this size; the index takes over as it grows")
 
 
+def check_sharded(db: Database, d: DomainModel, settings: Settings) -> Check:
+    """A sharded domain (its partition a foreign table): the search's ORDER BY <=> LIMIT is sent
+    to its shard (EXPLAIN VERBOSE's Remote SQL), where its HNSW index serves it."""
+    from psycopg import sql
+
+    from .store.gallery import Domain
+
+    name = f"shard: {d.label}"
+    shard = db.one("SELECT shard FROM domains WHERE id = %s", (d.domain_id,))[0]
+    domain = Domain(d.domain_id, d.domain, d.model, shard=shard)
+    query = db.run(db.gallery.search_sql(d.model, domain, 5)).as_string(db.conn)
+    sample = db.one(sql.SQL("SELECT embedding FROM {} WHERE model_id = %s LIMIT 1").format(
+        sql.Identifier(d.partition)), (d.model_id,))[0]
+    plan = [r[0] for r in db.all("EXPLAIN VERBOSE " + query, {
+        "q": sample, "threshold": settings.recognize_threshold(d.model)})]
+    remote = " ".join(line for line in plan if "Remote SQL" in line)
+    if "ORDER BY" in remote and "LIMIT" in remote:
+        return Check(name, OK, f"{d.faces:,} faces on shard {shard}: searched there (the nearest "
+                     "faces' ORDER BY <=> LIMIT is sent to it)")
+    return Check(name, WARN, f"{d.faces:,} faces on shard {shard}: the search plan fetches its rows "
+                 "to sort them here instead of sending the ORDER BY ... LIMIT to the shard",
+                 f"run ANALYZE {d.partition}; on the primary (the planner's estimate of the shard's "
+                 "rows), then doctor again")
+
+
 def _ago(seconds: float) -> str:
     for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
         if seconds >= 2 * size:
@@ -469,6 +494,10 @@ def database_checks(db: Database, settings: Settings) -> Iterator[Check]:
         return
     stats: dict[int, Check] = {}
     for d in found:
+        if d.model == d.domain_model and db.one(
+                "SELECT relkind = 'f' FROM pg_class WHERE oid = %s", (d.partition_oid,))[0]:
+            yield guard(f"shard: {d.label}", check_sharded, db, d, settings)  # store/shards.py
+            continue
         if d.partition_oid not in stats:  # one line per partition, not per model
             stats[d.partition_oid] = guard(f"statistics: {d.domain}", check_statistics, db, d)
             yield stats[d.partition_oid]

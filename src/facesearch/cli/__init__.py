@@ -148,7 +148,7 @@ def main() -> None:
 
 
 # The commands register themselves on ``cli``.
-from . import backup, clusters, deepface, domains, people, photos, service  # noqa: E402
+from . import backup, clusters, deepface, domains, people, photos, service, shards  # noqa: E402
 
 __all__ = ["Context", "backup", "cli", "clusters", "collect_folder", "deepface", "domains", "emit", "main",
-           "people", "photos", "service"]
+           "people", "photos", "service", "shards"]

@@ -31,11 +31,13 @@ def domains_list(obj: Context, as_json: bool) -> None:
     if as_json:
         emit([{"name": d.name, "model": d.model, "people": d.people, "faces": d.faces,
                "created_at": d.created_at.isoformat(), "keep_unknown": d.keep_unknown,
-               "threshold": obj.settings.threshold_of(d), "own_threshold": d.threshold is not None}
+               "threshold": obj.settings.threshold_of(d), "own_threshold": d.threshold is not None,
+               "shard": d.shard}
               for d in rows])
         return
     for d in rows:
         own = "" if d.threshold is None else f"\tthreshold {d.threshold}"
+        own += "" if d.shard is None else f"\tshard {d.shard}"
         click.echo(f"{d.name}\t{d.model}\t{d.people} people\t{d.faces} faces{own}")
 
 
@@ -46,9 +48,12 @@ def domains_list(obj: Context, as_json: bool) -> None:
                    "sface-2021dec unless set).")
 @click.option("--keep-unknown", is_flag=True, help="Keep the faces recognize matches to nobody, to "
               "cluster and name later (biometric data of people never enrolled).")
+@click.option("--shard", metavar="SHARD", help="Keep its faces on this shard (facesearch shards "
+              "add); default: on the primary.")
 @click.pass_obj
-def domains_create(obj: Context, name: str, model: str | None, keep_unknown: bool) -> None:
-    """Create a domain of a model."""
+def domains_create(obj: Context, name: str, model: str | None, keep_unknown: bool,
+                   shard: str | None) -> None:
+    """Create a domain of a model (on a shard with --shard)."""
     from ..config import usable_model
     from ..store import unknown
 
@@ -56,10 +61,18 @@ def domains_create(obj: Context, name: str, model: str | None, keep_unknown: boo
     with obj.gallery() as gallery:
         if keep_unknown:
             unknown.require_postgres(gallery.gallery)
-        gallery.create_domain(name, model=model)
+        if shard is None:
+            gallery.create_domain(name, model=model)
+        else:  # PKL mode has no shards
+            from ..store import shards
+
+            shards.require_postgres(gallery.gallery)
+            gallery.create_domain(name, model=model, shard=shard)
         if keep_unknown:
             gallery.run(unknown.set_keep_unknown(gallery.gallery, name, True))
-    click.echo(f"created domain {name} (model {model}{', keeps unknown faces' if keep_unknown else ''})")
+    where = f", on shard {shard}" if shard else ""
+    click.echo(f"created domain {name} (model {model}{', keeps unknown faces' if keep_unknown else ''}"
+               f"{where})")
 
 
 @domains.command("delete")

@@ -34,7 +34,7 @@ from .docs import add_api_docs
 from .guard import Guard
 from .observability import Metrics, RequestLog
 from .openapi import document_api
-from .routes import clusters, domains, health, people, photos, whoami
+from .routes import clusters, domains, health, people, photos, shards, whoami
 from .state import Service
 from .uploads import BodyLimit
 from .web import add_web_page
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
     set_metadata_limit(settings.max_metadata)
     _add_error_handlers(app)
-    for module in (domains, people, photos, clusters, health, whoami):
+    for module in (domains, people, photos, clusters, health, whoami, shards):
         app.include_router(module.router)
     add_web_page(app)
     add_api_docs(app)

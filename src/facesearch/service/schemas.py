@@ -31,6 +31,8 @@ class DomainCreate(BaseModel):
     keep_unknown: bool = Field(False, description=(
         "Keep faces recognize matches to nobody, to cluster and name later: biometric data of "
         "people never enrolled (README, 'Unknown faces')."))
+    shard: str | None = Field(None, examples=["shard1"], description=(
+        "Keep its faces on this shard (POST /v1/shards); default: on the primary."))
 
 
 class DomainOut(BaseModel):
@@ -43,6 +45,7 @@ class DomainOut(BaseModel):
     threshold: float | None = Field(None, description=(
         "The recognize threshold by default for the domain's model (a request's ?threshold= "
         "overrides it)."))
+    shard: str | None = Field(None, description="The shard its faces are on; null: the primary.")
 
 
 class DomainList(BaseModel):

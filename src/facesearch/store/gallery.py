@@ -71,6 +71,7 @@ class Domain:
     model: str  # what its enrollments embed with and its searches compare under
     keep_unknown: bool = False  # keeps the faces recognize matched to nobody (store/unknown.py)
     threshold: float | None = None  # its own recognize threshold; None: the model's
+    shard: str | None = None  # the server its faces are on (store/shards.py); None: this one
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class DomainInfo:
     model: str
     keep_unknown: bool = False
     threshold: float | None = None  # the domain's own (set_domain_threshold); None: the model's
+    shard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class GalleryCache:
     models: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (id, dim)
     # model -> (domain id, k) -> that domain's composed top-k query
     search_queries: dict[str, dict[tuple[int, int], bytes]] = field(default_factory=dict)
+    # (domain id, index name) of sharded domains' HNSW indexes seen on their shard
+    shard_indexes: set[tuple[int, str]] = field(default_factory=set)
 
 
 def _candidates(k: int) -> int:
@@ -181,6 +185,25 @@ def query_vectors(embeddings: Iterable[np.ndarray], dim: int, model: str) -> lis
 
 def _partition(domain_id: int) -> sql.Identifier:
     return sql.Identifier(f"faces_d{int(domain_id)}")
+
+
+def _index_name(domain: Domain, model_id: int) -> str:
+    return f"faces_d{int(domain.id)}_m{int(model_id)}_hnsw"
+
+
+# A local partition's keys (migration 0011: per partition, so shards can be foreign partitions).
+_LOCAL_KEYS = sql.SQL(
+    "CONSTRAINT {pkey} PRIMARY KEY (domain_id, id),"
+    " CONSTRAINT {photo} UNIQUE (domain_id, person_id, model_id, photo_sha256),"
+    " CONSTRAINT {dom} FOREIGN KEY (domain_id) REFERENCES domains (id) ON DELETE CASCADE,"
+    " CONSTRAINT {person} FOREIGN KEY (domain_id, person_id) REFERENCES people (domain_id, id)"
+    " ON DELETE CASCADE, CONSTRAINT {model} FOREIGN KEY (model_id) REFERENCES models (id)")
+
+
+def _local_keys(domain_id: int) -> sql.Composed:
+    part = f"faces_d{int(domain_id)}"
+    return _LOCAL_KEYS.format(**{k: sql.Identifier(f"{part}_{k}") for k in
+                                 ("pkey", "photo", "dom", "person", "model")})
 
 
 def _person_key(person: int | str) -> tuple[str, int | str]:
@@ -223,7 +246,7 @@ _PEOPLE_WHERE = ("p.domain_id = %(domain)s"
                  " AND (%(search)s::text IS NULL OR p.name ILIKE '%%' || %(search)s || '%%')")
 _DOMAIN_INFO = ("SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id = d.id),"
                 " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model,"
-                " d.keep_unknown, d.recognize_threshold FROM domains d")
+                " d.keep_unknown, d.recognize_threshold, d.shard FROM domains d")
 _KEY = "id, name, prefix, created_at, last_used_at"
 # add_faces' binary COPY columns, in order.
 _NEW_FACE_TYPES = ["integer", "bigint", "bigint", "bigint", "smallint", "vector", "integer", "integer",
@@ -268,32 +291,44 @@ class Gallery:
     # -- domains ---------------------------------------------------------------------------------
 
     async def get_domain(self, name: str) -> Domain:
-        row = await self._one("SELECT id, name, model, keep_unknown, recognize_threshold FROM domains"
-                              " WHERE name = %s",
+        row = await self._one("SELECT id, name, model, keep_unknown, recognize_threshold, shard"
+                              " FROM domains WHERE name = %s",
                               (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
         return Domain(*row)
 
-    async def create_domain(self, name: str, *, model: str, exist_ok: bool = False) -> Domain:
-        """Create a domain of ``model`` and its faces partition. With ``exist_ok``, an existing
-        domain is returned as it is (with its own model, whatever ``model`` says)."""
+    async def create_domain(self, name: str, *, model: str, exist_ok: bool = False,
+                            shard: str | None = None) -> Domain:
+        """Create a domain of ``model`` and its faces partition: here, or with ``shard`` a table
+        on that shard attached as a foreign partition (store/shards.py). With ``exist_ok``, an
+        existing domain is returned as it is (with its own model and shard, whatever they say)."""
         name = names.domain_name(name)
         model_dim(model)
         if exist_ok and await self._one("SELECT 1 FROM domains WHERE name = %s", (name,)):
             return await self.get_domain(name)
+        if shard is not None:
+            from . import shards
+
+            shard = shards.shard_name(shard)
+            if not await self._one("SELECT 1 FROM shards WHERE name = %s", (shard,)):
+                raise NotFound(f"unknown shard {shard!r}: add it first (facesearch shards add)")
         async with self.conn.transaction():
             await self.conn.execute(DDL_LOCK)
             row = await self._one(
-                "INSERT INTO domains (name, model) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
-                " RETURNING id", (name, model))
+                "INSERT INTO domains (name, model, shard) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING RETURNING id", (name, model, shard))
             if row is None:
                 if not exist_ok:
                     raise Conflict(f"domain {name!r} already exists")
                 return await self.get_domain(name)
-            await self.conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF faces FOR VALUES IN ({})")
-                                    .format(_partition(row[0]), sql.Literal(row[0])))
-        return Domain(row[0], name, model)
+            if shard is None:
+                await self.conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF faces ({})"
+                                                " FOR VALUES IN ({})").format(
+                    _partition(row[0]), _local_keys(row[0]), sql.Literal(row[0])))
+            else:
+                await shards.create_table(self, row[0], shard)
+        return Domain(row[0], name, model, shard=shard)
 
     async def set_domain_model(self, name: str, model: str) -> Domain:
         """Switch a domain to another model: from now on it enrolls and searches with ``model``.
@@ -301,7 +336,7 @@ class Gallery:
         model_dim(model)
         row = await self._one("UPDATE domains SET model = %s, recognize_threshold = CASE WHEN"
                               " model = %s THEN recognize_threshold END WHERE name = %s"
-                              " RETURNING id, name, model, keep_unknown, recognize_threshold",
+                              " RETURNING id, name, model, keep_unknown, recognize_threshold, shard",
                               (model, model, names.domain_name(name)))
         if row is None:
             raise NotFound(f"unknown domain {name!r}")
@@ -310,7 +345,7 @@ class Gallery:
     async def set_domain_threshold(self, name: str, threshold: float | None) -> Domain:
         """Give a domain its own recognize threshold (None: back to its model's)."""
         row = await self._one("UPDATE domains SET recognize_threshold = %s WHERE name = %s"
-                              " RETURNING id, name, model, keep_unknown, recognize_threshold",
+                              " RETURNING id, name, model, keep_unknown, recognize_threshold, shard",
                               (threshold, names.domain_name(name)))
         if row is None:
             raise NotFound(f"unknown domain {name!r}")
@@ -333,12 +368,20 @@ class Gallery:
         """Delete a domain with all its people, faces and API keys. Dropping the partition removes
         the embeddings from disk at once (no dead tuples waiting for VACUUM)."""
         domain = await self.get_domain(name)
+        if domain.shard is not None:
+            from . import shards
+
+            # The shard's table first: if the shard cannot be reached, nothing is deleted.
+            info = await self.domain_info(domain.name)
+            await shards.drop_table(self, domain)
         async with self.conn.transaction():
             await self.conn.execute(DDL_LOCK)  # enrollments in flight end first (see DDL_LOCK)
             if not await self._one("SELECT 1 FROM domains WHERE id = %s FOR UPDATE", (domain.id,)):
                 raise NotFound(f"unknown domain {name!r}")
-            info = await self.domain_info(domain.name)
-            await self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(domain.id)))
+            if domain.shard is None:
+                info = await self.domain_info(domain.name)
+            await self.conn.execute(sql.SQL("DROP {} IF EXISTS {}").format(
+                sql.SQL("TABLE" if domain.shard is None else "FOREIGN TABLE"), _partition(domain.id)))
             # People and keys go by ON DELETE CASCADE.
             await self.conn.execute("DELETE FROM domains WHERE id = %s", (domain.id,))
         return info
@@ -470,7 +513,13 @@ class Gallery:
 
     async def purge(self, domain: Domain) -> None:
         """VACUUM the domain's partition so deleted embeddings leave the table and its index
-        files now rather than whenever autovacuum comes by. Needs autocommit."""
+        files now rather than whenever autovacuum comes by (on its shard for a sharded domain).
+        Needs autocommit."""
+        if domain.shard is not None:
+            from . import shards
+
+            await shards.run_ddl(self, domain, sql.SQL("VACUUM {}").format(_partition(domain.id)))
+            return
         await self.conn.execute(sql.SQL("VACUUM {}").format(_partition(domain.id)))
 
     # -- faces -----------------------------------------------------------------------------------
@@ -503,12 +552,18 @@ class Gallery:
         if reserved is None:  # deleted since the caller read it (by another replica, say)
             raise NotFound(f"domain {domain.name!r} was deleted meanwhile")
         first = reserved[0]
+        if (domain.shard is not None and dim <= HNSW_MAX_DIMS
+                and self.conn.info.transaction_status != TransactionStatus.IDLE
+                and not await self._index_exists(domain, model_id)):
+            # In the caller's transaction, rows written to the shard commit only after a build
+            # there, which would wait for them: build the index (empty) first, the rows grow it.
+            await self._build_index(domain, model_id, dim)
         async with self.conn.transaction():
             # Whoever may build the domain's index takes its lock before writing rows: the build
             # waits for other writers' row locks, so a writer holding rows while it waits for the
             # lock would deadlock with it. Once the index exists, writers need no lock.
             build = dim <= HNSW_MAX_DIMS and not await self._index_exists(domain, model_id)
-            if build:
+            if build and domain.shard is None:  # a shard's index is built after the commit
                 await self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                                         (0x66616365, domain.id))
             # Each staged row gets the id it will keep (``first`` + its place), so ``ord`` maps
@@ -530,25 +585,36 @@ class Gallery:
                         progress(500)
             if progress is not None:
                 progress(len(faces) % 500)
+            # Into the partition: its keys are its own (0011). A shard's foreign partition takes
+            # ON CONFLICT DO NOTHING only without a target (its key is checked on the shard).
             try:
-                rows = await self._all(
-                    "WITH added AS (INSERT INTO faces (id, domain_id, person_id, model_id, embedding,"
-                    " box_x, box_y, box_w, box_h, det_score, photo_sha256, thumbnail, source, source_hash)"
-                    " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w, box_h,"
-                    " det_score, photo_sha256, thumbnail, source, source_hash FROM new_faces ORDER BY ord"
-                    " ON CONFLICT (domain_id, person_id, model_id, photo_sha256) DO NOTHING RETURNING id)"
-                    " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id ORDER BY n.ord")
+                rows = await self._all(sql.SQL(
+                    "WITH added AS (INSERT INTO {} (id, domain_id, person_id, model_id, embedding,"
+                    " box_x, box_y, box_w, box_h, det_score, photo_sha256, thumbnail, source,"
+                    " source_hash)"
+                    " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w,"
+                    " box_h, det_score, photo_sha256, thumbnail, source, source_hash FROM new_faces"
+                    " ORDER BY ord ON CONFLICT {} DO NOTHING RETURNING id)"
+                    " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id"
+                    " ORDER BY n.ord"
+                ).format(_partition(domain.id), sql.SQL(
+                    "" if domain.shard else "(domain_id, person_id, model_id, photo_sha256)")))
             except psycopg.errors.ForeignKeyViolation:
                 # The person was deleted after the caller found them (by another replica, say):
-                # the enrollment is refused as a whole, no face is left behind.
+                # the enrollment is refused as a whole, no face is left behind. (A shard has no
+                # foreign key to people: there, searches skip a face whose person is gone.)
                 raise NotFound(f"the person was deleted from domain {domain.name!r} while the "
                                "photos were being enrolled") from None
-            except psycopg.errors.CheckViolation:  # no partition left: the domain was deleted
+            except (psycopg.errors.UndefinedTable, psycopg.errors.CheckViolation):
                 raise NotFound(f"domain {domain.name!r} was deleted meanwhile") from None
             # After the rows, so a first bulk enrollment builds the graph in one pass (much faster
             # than growing it row by row); later batches are added to the existing index.
-            if build and not await self._index_exists(domain, model_id):
+            if build and domain.shard is None and not await self._index_exists(domain, model_id):
                 await self._build_index(domain, model_id, dim)
+        if build and domain.shard is not None:
+            # Once the rows are committed there: a build on the shard waits for the open write
+            # of this transaction's remote session, which would wait for the build.
+            await self._build_index(domain, model_id, dim)
         if build or len(faces) >= ANALYZE_BATCH:
             # Fresh statistics now, not at autovacuum's next pass: until then the planner takes
             # the partition for nearly empty and reads it whole instead of using the index.
@@ -557,11 +623,21 @@ class Gallery:
 
     async def _index_exists(self, domain: Domain, model_id: int) -> bool:
         index = f"faces_d{int(domain.id)}_m{int(model_id)}_hnsw"
+        if domain.shard is not None:
+            from . import shards
+
+            return await shards.index_exists(self, domain, index)
         return (await self._one("SELECT to_regclass(%s) IS NOT NULL", (index,)))[0]
 
     async def _build_index(self, domain: Domain, model_id: int, dim: int) -> None:
         """The HNSW index of one (domain, model): a partial expression index on the partition.
-        None above HNSW_MAX_DIMS: those models are searched exactly. Caller holds the lock."""
+        None above HNSW_MAX_DIMS: those models are searched exactly. Caller holds the lock
+        (on the shard of a sharded domain, shards.build_index takes it there)."""
+        if domain.shard is not None:
+            from . import shards
+
+            await shards.build_index(self, domain, model_id, dim)
+            return
         index = f"faces_d{int(domain.id)}_m{int(model_id)}_hnsw"
         # A build is much faster when the whole graph fits in memory (pgvector warns otherwise).
         await self.conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
@@ -617,8 +693,13 @@ class Gallery:
         async with self.conn.transaction():
             cur = await self.conn.execute("DELETE FROM faces WHERE domain_id = %s AND model_id = %s",
                                           (domain.id, model_id))
-            await self.conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
-                sql.Identifier(f"faces_d{int(domain.id)}_m{int(model_id)}_hnsw")))
+            if domain.shard is None:
+                await self.conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+                    sql.Identifier(_index_name(domain, model_id))))
+        if domain.shard is not None:
+            from . import shards
+
+            await shards.drop_index(self, domain, _index_name(domain, model_id))
         return cur.rowcount
 
     async def export_faces(self, domain: Domain, model: str) -> list[ExportedFace]:
@@ -653,7 +734,10 @@ class Gallery:
         PostgreSQL then reuses one plan, already pruned to the domain's partition, instead of
         planning every search (a fifth of a search's time at 25,000 faces); other domains'
         partitions cost it nothing, however many there are. Without them, ``%(domain)s``,
-        ``%(n)s`` (candidates) and ``%(k)s`` are parameters (EXPLAIN, doctor)."""
+        ``%(n)s`` (candidates) and ``%(k)s`` are parameters (EXPLAIN, doctor).
+
+        A sharded domain's query reads its foreign partition by name: through the parent,
+        postgres_fdw sends the ORDER BY to the shard but not the LIMIT."""
         model_id, dim = await self.model(model)
         if (domain is None) != (k is None):
             raise TypeError("give both domain and k, or neither")
@@ -662,10 +746,12 @@ class Gallery:
         else:
             where, n, limit = (sql.Literal(int(domain.id)), sql.Literal(_candidates(k)),
                                sql.Literal(int(k)))
+        table = (sql.Identifier("faces") if domain is None or domain.shard is None
+                 else _partition(domain.id))
         return sql.SQL("""
             WITH nearest AS (
                 SELECT f.id, f.person_id, (f.embedding::vector({dim}) <=> %(q)s) AS distance
-                FROM faces f
+                FROM {table} f
                 WHERE f.domain_id = {domain} AND f.model_id = {model}
                 ORDER BY f.embedding::vector({dim}) <=> %(q)s
                 LIMIT {n}
@@ -681,7 +767,7 @@ class Gallery:
             FROM best b
             ORDER BY b.distance
             LIMIT {k}""").format(dim=sql.Literal(dim), model=sql.Literal(model_id), domain=where, n=n,
-                                 k=limit)
+                                 k=limit, table=table)
 
     async def search(self, domain: Domain, model: str, embeddings: Iterable[np.ndarray], *, k: int,
                      threshold: float) -> list[list[Match]]:
@@ -700,21 +786,23 @@ class Gallery:
             texts[(domain.id, k)] = query
         params = [{"q": q, "threshold": threshold} for q in queries]
         n = _candidates(k)
-        if n <= EF_SEARCH:
+        if n <= EF_SEARCH or domain.shard is not None:  # a shard's sessions scan iteratively
             return await self._search(query, params)
         async with self.conn.transaction():  # the session's ef_search would cap the candidates
             await self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(n)))
             return await self._search(query, params)
 
     async def _search(self, query: bytes, params: list[dict[str, Any]]) -> list[list[Match]]:
+        # A face without its person (name NULL) can only be a sharded domain's, left by an
+        # enrollment racing its person's deletion (no foreign key across servers): not a match.
         async with self.conn.cursor() as cur:
             if len(params) == 1:
                 await cur.execute(query, params[0])
-                return [[Match(*r) for r in await cur.fetchall()]]
+                return [[Match(*r) for r in await cur.fetchall() if r[1] is not None]]
             await cur.executemany(query, params, returning=True)
             results = []
             while True:
-                results.append([Match(*r) for r in await cur.fetchall()])
+                results.append([Match(*r) for r in await cur.fetchall() if r[1] is not None])
                 if not cur.nextset():
                     return results
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from ...config import usable_model
 from ...errors import ModelError
-from ...store import unknown
+from ...store import shards, unknown
 from ...store.gallery import DomainInfo
 from ..bounded import PathId
 from ..schemas import DomainCreate, DomainList, DomainOut, KeyCreate, KeyCreated, KeyList, KeyOut
@@ -36,7 +36,11 @@ async def create_domain(body: DomainCreate, _: AdminDep,
     async with svc.gallery() as gallery:
         if body.keep_unknown:
             unknown.require_postgres(gallery)  # before anything is created
-        dom = await gallery.create_domain(body.name, model=model)
+        if body.shard is None:
+            dom = await gallery.create_domain(body.name, model=model)
+        else:  # PKL mode has no shards
+            shards.require_postgres(gallery)
+            dom = await gallery.create_domain(body.name, model=model, shard=body.shard)
         if body.keep_unknown:
             await unknown.set_keep_unknown(gallery, dom.name, True)
         return domain_out(svc, await gallery.domain_info(dom.name))
