@@ -61,6 +61,9 @@ class Domain:
     model: str  # what its enrollments embed with and its searches compare under
     keep_unknown: bool = False  # keeps the faces recognize matched to nobody (store/unknown.py)
     threshold: float | None = None  # its own recognize threshold; None: the model's
+    # The primary's WAL position after its last write through the API (read-your-writes on read
+    # replicas, store/replicas.py); None: none recorded.
+    written_lsn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,8 +261,8 @@ class Gallery:
     # -- domains ---------------------------------------------------------------------------------
 
     async def get_domain(self, name: str) -> Domain:
-        row = await self._one("SELECT id, name, model, keep_unknown, recognize_threshold FROM domains"
-                              " WHERE name = %s",
+        row = await self._one("SELECT id, name, model, keep_unknown, recognize_threshold,"
+                              " written_lsn::text FROM domains WHERE name = %s",
                               (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")
