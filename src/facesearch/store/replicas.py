@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
+from psycopg import sql
 
 from ..config import Settings
 from .gallery import Gallery, GalleryCache
@@ -82,9 +83,14 @@ def where(url: str) -> str:
 
 async def mark_written(conn: psycopg.AsyncConnection[Any], domain_id: int) -> None:
     """Record, on the primary and after the write's commit, the WAL position a replica must have
-    replayed to show this domain's latest write (autocommit: its own statement)."""
-    await conn.execute("UPDATE domains SET written_lsn = greatest(written_lsn, pg_current_wal_lsn())"
-                       " WHERE id = %s", (domain_id,))
+    replayed to show this domain's latest write. One round trip (one query string, its own
+    transaction; the connection is in autocommit). Committed asynchronously: visible to every
+    session at once, without waiting for a WAL flush (that wait was ~5 ms of its ~5.5 ms here);
+    a primary crash may lose the record, never the write it follows (committed and flushed)."""
+    await conn.execute(sql.SQL(
+        "BEGIN; SET LOCAL synchronous_commit = off; UPDATE domains SET written_lsn ="
+        " greatest(written_lsn, pg_current_wal_lsn()) WHERE id = {}; COMMIT").format(
+            sql.Literal(int(domain_id))))
 
 
 @dataclass(eq=False)
