@@ -45,6 +45,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
              ["--people", "20", "--requests", "30", "--concurrency", "1,4", "--min-face", "40,80",
               "--models", "sface-2021dec"]),
     # ~20 min on its own (issue 15): resources of one server under a long mixed load.
+    "read-replicas": ("bench.bench_read_replicas", [], ["--faces", "2000", "--queries", "100"]),
     "soak": ("bench.bench_soak", [], ["--requests", "200", "--minutes", "0.5", "--people", "20",
                                       "--sample", "5", "--plot", "", "--out",
                                       "bench/results/soak-quick.json"]),

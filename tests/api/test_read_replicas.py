@@ -291,3 +291,18 @@ def test_doctor_shows_the_replica(bulk: int, primary: ExternalPostgres, replica:
     down = checks[f"replica: {where}"]
     assert down["status"] == "fail" and "cannot connect" in down["detail"], down
     assert "reads from the primary" in down["hint"]
+
+
+def test_the_setting_parses_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    from facesearch.config import Settings
+
+    monkeypatch.setenv("FACESEARCH_HOME", str(tmp_path))
+    monkeypatch.setenv("FACESEARCH_READ_DATABASE_URLS", " postgresql://a/x , ,postgresql://b/x")
+    settings = Settings.from_env()
+    assert settings.read_database_urls == ("postgresql://a/x", "postgresql://b/x")
+    assert "postgresql://a" not in repr(settings)  # URLs may hold passwords
+    assert Settings.from_env(read_database_urls="postgresql://c/x").read_database_urls == (
+        "postgresql://c/x",)
+    monkeypatch.delenv("FACESEARCH_READ_DATABASE_URLS")
+    assert Settings.from_env().read_database_urls == ()
