@@ -53,7 +53,7 @@ class Service:
         async with self.db.connection() as conn:
             try:
                 yield Gallery(conn, self.cache)
-            except BaseException:
+            except Exception:
                 if wrote is not None and self.replicas is not None:
                     with suppress(Exception):  # it may have committed before failing
                         await mark_written(conn, wrote.id)
