@@ -47,6 +47,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "replicas": ("bench.bench_replicas", [], ["--people", "20", "--requests", "40", "--rounds", "1",
                                               "--replicas", "1,2"]),
     # ~20 min on its own (issue 15): resources of one server under a long mixed load.
+    "read-replicas": ("bench.bench_read_replicas", [], ["--faces", "2000", "--queries", "100"]),
     "soak": ("bench.bench_soak", [], ["--requests", "200", "--minutes", "0.5", "--people", "20",
                                       "--sample", "5", "--plot", "", "--out",
                                       "bench/results/soak-quick.json"]),

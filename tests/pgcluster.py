@@ -121,6 +121,27 @@ class ExternalPostgres:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=3) as conn:
             return conn.execute(query, params).fetchall()
 
+    def standby(self, root: Path, *, apply_delay: str | None = None) -> ExternalPostgres:
+        """A streaming replica of this server, started: ``pg_basebackup -R`` into ``root/data``
+        (initdb's pg_hba already trusts replication from 127.0.0.1, and wal_level replica and
+        max_wal_senders are PostgreSQL's defaults). ``apply_delay`` (e.g. ``"1s"``,
+        recovery_min_apply_delay): it shows each commit that long after the primary, so a read
+        routed to it too early would miss the write."""
+        replica = ExternalPostgres(root)
+        root.mkdir(parents=True, exist_ok=True)
+        replica._own(root)
+        replica._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                     "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast")
+        if apply_delay:
+            with (replica.data / "postgresql.auto.conf").open("a") as conf:
+                conf.write(f"recovery_min_apply_delay = '{apply_delay}'\n")
+        replica.start()
+        return replica
+
+    def replay_lsn(self) -> str | None:
+        """Where a standby's replay is (``pg_last_wal_replay_lsn()``); None on a primary."""
+        return self.sql("SELECT pg_last_wal_replay_lsn()::text")[0][0]
+
     def destroy(self) -> None:
         if self.running():
             with contextlib.suppress(subprocess.CalledProcessError):

@@ -37,6 +37,11 @@ def usable_model(name: str) -> str:
     return name
 
 
+def url_list(text: str | None) -> tuple[str, ...]:
+    """Comma-separated URLs (FACESEARCH_READ_DATABASE_URLS), blanks dropped."""
+    return tuple(u.strip() for u in (text or "").split(",") if u.strip())
+
+
 # The shortest admin key accepted: it reaches every domain, so it must not be guessable.
 MIN_ADMIN_KEY = 32
 
@@ -83,6 +88,9 @@ class Settings:
 
     home: Path
     database_url: str | None = None
+    # Streaming replicas of database_url that serve reads (FACESEARCH_READ_DATABASE_URLS, comma-
+    # separated; store/replicas.py); empty: everything on the primary.
+    read_database_urls: tuple[str, ...] = field(default=(), repr=False)
     # The model of new domains (an existing domain keeps its own), and of verify without one.
     model: str = DEFAULT_MODEL
     detector: str = "hog"  # "hog" (fast, CPU) or "cnn" (dlib's MMOD CNN: slower, finds more)
@@ -136,6 +144,7 @@ class Settings:
         settings = cls(
             home=Path(home),
             database_url=os.environ.get("FACESEARCH_DATABASE_URL") or None,
+            read_database_urls=url_list(os.environ.get("FACESEARCH_READ_DATABASE_URLS")),
             model=os.environ.get("FACESEARCH_MODEL") or DEFAULT_MODEL,
             detector=os.environ.get("FACESEARCH_DETECTOR") or "hog",
             runtime=os.environ.get("FACESEARCH_RUNTIME") or "onnx",
@@ -181,6 +190,8 @@ class Settings:
         if settings.min_face < 20:
             raise SystemExit("error: FACESEARCH_MIN_FACE must be at least 20 (pixels)")
         given = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(given.get("read_database_urls"), str):
+            given["read_database_urls"] = url_list(str(given["read_database_urls"]))
         if "home" in given:
             given["home"] = Path(str(given["home"]))
         return replace(settings, **given)  # type: ignore[arg-type]

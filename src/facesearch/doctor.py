@@ -802,6 +802,10 @@ def run(settings: Settings) -> Iterator[Check]:
         try:
             tls = bool(db.conn.pgconn.ssl_in_use)
             yield from database_checks(db, settings)
+            if settings.read_database_urls:  # FACESEARCH_READ_DATABASE_URLS
+                from .doctor_replicas import replica_checks
+
+                yield from replica_checks(db, settings)
             has_models = db.one("SELECT to_regclass('models')")[0] is not None
             stored = dict(db.all("SELECT name, dim FROM models")) if has_models else {}
             in_use = models_in_use(db)

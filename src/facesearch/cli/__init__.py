@@ -122,6 +122,9 @@ class FacesearchGroup(click.Group):
 @click.option("--database-url", metavar="URL",
               help="External PostgreSQL with pgvector (env FACESEARCH_DATABASE_URL); "
                    "unset: facesearch's embedded PostgreSQL in the data directory.")
+@click.option("--read-database-urls", metavar="URLS",
+              help="Streaming replicas of the database that serve searches and other reads, "
+                   "comma-separated (env FACESEARCH_READ_DATABASE_URLS); unset: all on the primary.")
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Model worker processes (env FACESEARCH_WORKERS; default: CPU count).")
 @click.option("--detector", type=click.Choice(["hog", "cnn"]),

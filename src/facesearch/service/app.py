@@ -27,6 +27,7 @@ from ..inference import ModelPool, ModelSpec
 from ..models import check_model_files
 from ..store import Gallery, database_url, open_pool, prepare
 from ..store.pkl import PklGallery, PklStore, uses_pkl
+from ..store.replicas import open_replicas
 from ..store.resilience import RETRY_AFTER
 from .auth import admin_key_digest
 from .bounded import set_metadata_limit
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            queue_limit=settings.queue_limit)
         svc = Service(settings=settings, db=db, models=models,
                       admin_digest=admin_key_digest(settings), metrics=metrics)
+        if settings.read_database_urls and not isinstance(db, PklStore):
+            svc.replicas = await open_replicas(settings, svc.cache)
         app.state.service = svc
 
         def load() -> None:
@@ -95,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Uvicorn has drained the requests in flight by now (graceful shutdown).
             await loading
             await asyncio.to_thread(models.close)
+            if svc.replicas is not None:
+                await svc.replicas.close()
             await db.close()
             log.info("stopped")
 

@@ -3,10 +3,10 @@ dependencies built on it: who is calling, and which domain they may reach."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from fastapi import Depends, Request
 
@@ -16,6 +16,7 @@ from ..errors import Unauthorized
 from ..models.base import Analysis
 from ..store.gallery import Domain, Gallery, GalleryCache
 from ..store.pkl import PklGallery, PklStore
+from ..store.replicas import mark_written
 from .auth import Caller, is_admin, presented_key
 from .observability import Metrics
 from .scheduling import check_request_size, results_unless_gone
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from ..inference import ModelPool
+    from ..store.replicas import ReplicaSet
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,16 +39,36 @@ class Service:
     metrics: Metrics
     cache: GalleryCache = field(default_factory=GalleryCache)
     models_error: str | None = None  # why the model workers could not start, for /readyz
+    replicas: ReplicaSet | None = None  # FACESEARCH_READ_DATABASE_URLS (store/replicas.py)
 
     @asynccontextmanager
-    async def gallery(self) -> AsyncIterator[Gallery]:
-        """A gallery on a pooled connection, held only for the block (never across inference);
-        in PKL mode, one on the DeepFace files (same interface)."""
+    async def gallery(self, *, wrote: Domain | None = None) -> AsyncIterator[Gallery]:
+        """A gallery on a pooled connection of the primary, held only for the block (never across
+        inference); in PKL mode, one on the DeepFace files (same interface). ``wrote``: the block
+        writes to this domain; with read replicas its WAL position is recorded after the block,
+        so the next read of the domain waits for a replica that has it (read-your-writes)."""
         if isinstance(self.db, PklStore):
             yield PklGallery(self.db)  # type: ignore[misc]
             return
         async with self.db.connection() as conn:
-            yield Gallery(conn, self.cache)
+            try:
+                yield Gallery(conn, self.cache)
+            except Exception:
+                if wrote is not None and self.replicas is not None:
+                    with suppress(Exception):  # it may have committed before failing
+                        await mark_written(conn, wrote.id)
+                raise
+            if wrote is not None and self.replicas is not None:
+                await mark_written(conn, wrote.id)
+
+    async def read(self, domain: Domain, read: Callable[[Gallery], Awaitable[T]]) -> T:
+        """``read(gallery)``, a pure read of ``domain``: on a read replica that has replayed the
+        domain's latest write if there are any, else on the primary. It may run twice (a
+        replica failed under it, the primary answers), so it must not write."""
+        if self.replicas is None or isinstance(self.db, PklStore):
+            async with self.gallery() as gallery:
+                return await read(gallery)
+        return await self.replicas.run(domain.written_lsn, read, self.gallery)
 
     async def analyze(self, request: Request, data: bytes, *, tenant: str, model: str,
                       max_faces: int, embed: bool = True, thumbnails: bool = False,

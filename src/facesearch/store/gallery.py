@@ -72,6 +72,9 @@ class Domain:
     keep_unknown: bool = False  # keeps the faces recognize matched to nobody (store/unknown.py)
     threshold: float | None = None  # its own recognize threshold; None: the model's
     shard: str | None = None  # the server its faces are on (store/shards.py); None: this one
+    # The primary's WAL position after its last write through the API (read-your-writes on read
+    # replicas, store/replicas.py); None: none recorded.
+    written_lsn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,8 +294,8 @@ class Gallery:
     # -- domains ---------------------------------------------------------------------------------
 
     async def get_domain(self, name: str) -> Domain:
-        row = await self._one("SELECT id, name, model, keep_unknown, recognize_threshold, shard"
-                              " FROM domains WHERE name = %s",
+        row = await self._one("SELECT id, name, model, keep_unknown, recognize_threshold, shard,"
+                              " written_lsn::text FROM domains WHERE name = %s",
                               (names.domain_name(name),))
         if row is None:
             raise NotFound(f"unknown domain {name!r}: create it first (or enroll into it)")

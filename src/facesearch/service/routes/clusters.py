@@ -157,7 +157,7 @@ async def update_domain(body: DomainUpdate, dom: DomainDep, _: AdminDep, svc: Se
     given = body.model_fields_set
     if not given:
         raise BadRequest("nothing to change: give keep_unknown and/or threshold")
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         if "keep_unknown" in given:
             if body.keep_unknown is None:
                 raise BadRequest("keep_unknown must be true or false")
@@ -174,9 +174,11 @@ async def list_clusters(dom: DomainDep, svc: ServiceDep,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
     """The domain's unassigned faces grouped into candidate people, largest first, each with its
     faces and its cohesion (mean pairwise cosine distance: lower is tighter)."""
-    async with svc.gallery() as gallery:
-        clusters = await unknown.list_clusters(gallery, dom, min_faces=min_faces, limit=limit)
-        total = await unknown.count_unassigned(gallery, dom)
+    async def read(gallery: Gallery) -> tuple[list[unknown.Cluster], int]:
+        return (await unknown.list_clusters(gallery, dom, min_faces=min_faces, limit=limit),
+                await unknown.count_unassigned(gallery, dom))
+
+    clusters, total = await svc.read(dom, read)
     return {"clusters": [_cluster_out(dom, c) for c in clusters], "unassigned_faces": total,
             "cut": clustering.cut_for(dom.model), "keep_unknown": dom.keep_unknown}
 
@@ -184,14 +186,14 @@ async def list_clusters(dom: DomainDep, svc: ServiceDep,
 @router.post("/clusters/recluster")
 async def recluster(dom: DomainDep, svc: ServiceDep) -> dict:
     """Cluster every unassigned face again from scratch (cluster ids change)."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         return {"clusters": await unknown.recluster(gallery, dom)}
 
 
 @router.get("/clusters/{cluster_id}", response_model=ClusterOut)
 async def get_cluster(cluster_id: int, dom: DomainDep, svc: ServiceDep) -> dict:
-    async with svc.gallery() as gallery:
-        return _cluster_out(dom, await unknown.get_cluster(gallery, dom, cluster_id))
+    return _cluster_out(dom, await svc.read(dom, lambda gallery: unknown.get_cluster(
+        gallery, dom, cluster_id)))
 
 
 @router.post("/clusters/{cluster_id}/person", status_code=201, response_model=NamedCluster)
@@ -201,7 +203,7 @@ async def name_cluster(cluster_id: int, body: NameCluster, dom: DomainDep, svc: 
     if (body.name is None) == (body.person_id is None):
         raise BadRequest("give the person's 'name' (created if new) or an existing 'person_id'")
     person: int | str = body.person_id if body.person_id is not None else str(body.name)
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         pid, ids = await unknown.name_cluster(gallery, dom, cluster_id, person,
                                               create=body.name is not None)
         return {"person": asdict(await gallery.get_person(dom, pid)),
@@ -211,21 +213,21 @@ async def name_cluster(cluster_id: int, body: NameCluster, dom: DomainDep, svc: 
 @router.post("/clusters/{cluster_id}/merge", response_model=ClusterOut)
 async def merge_clusters(cluster_id: int, body: MergeClusters, dom: DomainDep, svc: ServiceDep) -> dict:
     """Move the faces of another cluster into this one."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         return _cluster_out(dom, await unknown.merge_clusters(gallery, dom, cluster_id, body.cluster_id))
 
 
 @router.delete("/clusters/{cluster_id}/faces/{face_id}")
 async def remove_face(cluster_id: int, face_id: int, dom: DomainDep, svc: ServiceDep) -> dict:
     """Take a face out of a cluster (it becomes a cluster of its own)."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         return {"id": face_id, "cluster_id": await unknown.remove_face(gallery, dom, cluster_id, face_id)}
 
 
 @router.delete("/clusters/{cluster_id}")
 async def discard_cluster(cluster_id: int, dom: DomainDep, svc: ServiceDep) -> dict:
     """Delete a cluster's faces with their embeddings and thumbnails."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         return {"discarded": await unknown.discard_cluster(gallery, dom, cluster_id)}
 
 
@@ -233,15 +235,14 @@ async def discard_cluster(cluster_id: int, dom: DomainDep, svc: ServiceDep) -> d
     200: {"content": {"image/jpeg": {}}, "description": "A small JPEG crop of the face."},
     404: {"model": ErrorBody, "description": "No such face, or it has no thumbnail."}})
 async def unassigned_thumbnail(face_id: int, dom: DomainDep, svc: ServiceDep) -> Response:
-    async with svc.gallery() as gallery:
-        data = await unknown.unassigned_thumbnail(gallery, dom, face_id)
+    data = await svc.read(dom, lambda gallery: unknown.unassigned_thumbnail(gallery, dom, face_id))
     return Response(data, media_type="image/jpeg",
                     headers={"Cache-Control": "private", "X-Content-Type-Options": "nosniff"})
 
 
 @router.delete("/unassigned/{face_id}", status_code=204)
 async def delete_unassigned(face_id: int, dom: DomainDep, svc: ServiceDep) -> None:
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         await unknown.delete_unassigned(gallery, dom, face_id)
 
 
@@ -252,8 +253,8 @@ async def audit(dom: DomainDep, svc: ServiceDep,
     """What is likely wrong with the gallery: faces far from the rest of their person's
     (mislabeled?), pairs of people closer than the recognize threshold (the same person, or
     look-alikes), people with a single face."""
-    async with svc.gallery() as gallery:
-        face_ids, person_ids, emb, people = await unknown.gallery_embeddings(gallery, dom)
+    face_ids, person_ids, emb, people = await svc.read(
+        dom, lambda gallery: unknown.gallery_embeddings(gallery, dom))
     return await asyncio.to_thread(audit_report, face_ids, person_ids, emb, people, dom.model,
                                    svc.settings.threshold_of(dom), limit)
 
@@ -261,7 +262,7 @@ async def audit(dom: DomainDep, svc: ServiceDep,
 @router.post("/faces/{face_id}/move")
 async def move_face(face_id: int, body: MovePerson, dom: DomainDep, svc: ServiceDep) -> dict:
     """Move an enrolled face to another person (the audit's "likely mislabeled")."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         pid = await curate.move_face(gallery, dom, face_id, body.person_id)
         return {"face_id": face_id, "person": asdict(await gallery.get_person(dom, pid))}
 
@@ -270,6 +271,6 @@ async def move_face(face_id: int, body: MovePerson, dom: DomainDep, svc: Service
 async def merge_people(person_id: int, body: MovePerson, dom: DomainDep, svc: ServiceDep) -> dict:
     """Merge person ``person_id`` (the body's) into this one: their faces move here and they are
     deleted (the audit's "likely the same person")."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         moved = await curate.merge_people(gallery, dom, person_id, body.person_id)
         return {"moved": moved, "person": asdict(await gallery.get_person(dom, person_id))}

@@ -10,6 +10,7 @@ from ...config import usable_model
 from ...errors import ModelError
 from ...store import shards, unknown
 from ...store.gallery import DomainInfo
+from ...store.replicas import mark_written
 from ..bounded import PathId
 from ..schemas import DomainCreate, DomainList, DomainOut, KeyCreate, KeyCreated, KeyList, KeyOut
 from ..state import AdminDep, DomainDep, Service, ServiceDep
@@ -43,6 +44,8 @@ async def create_domain(body: DomainCreate, _: AdminDep,
             dom = await gallery.create_domain(body.name, model=model, shard=body.shard)
         if body.keep_unknown:
             await unknown.set_keep_unknown(gallery, dom.name, True)
+        if svc.replicas is not None:  # read-your-writes: see store/replicas.py
+            await mark_written(gallery.conn, dom.id)
         return domain_out(svc, await gallery.domain_info(dom.name))
 
 
@@ -55,8 +58,7 @@ async def list_domains(_: AdminDep, svc: ServiceDep) -> dict:
 @router.get("/{domain}", response_model=DomainOut)
 async def get_domain(dom: DomainDep, svc: ServiceDep) -> dict:
     """The domain with its counts (the admin key, or this domain's key)."""
-    async with svc.gallery() as gallery:
-        return domain_out(svc, await gallery.domain_info(dom.name))
+    return domain_out(svc, await svc.read(dom, lambda gallery: gallery.domain_info(dom.name)))
 
 
 @router.delete("/{domain}", response_model=DomainOut)

@@ -34,6 +34,8 @@ async def readyz(svc: ServiceDep) -> JSONResponse:
     if not svc.models.ready():
         problems.append(svc.models_error or "the model workers are still loading")
     body: dict = {"database": database, "workers": workers}
+    if svc.replicas is not None:  # informational: a replica down is not a reason to be unready
+        body["read_replicas"] = svc.replicas.status()
     if problems:
         body["error"] = {"code": "not_ready", "message": "; ".join(problems)}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from ... import names
 from ...errors import BadRequest, FacesearchError, ModelError, NoFace, NothingEnrolled, SeveralFaces
 from ...models.base import Analysis, Face
-from ...store.gallery import Domain, FaceRow, NewFace, Person
+from ...store.gallery import Domain, FaceRow, Gallery, NewFace, Person
 from ..bounded import Offset, PathId, StorableText
 from ..schemas import (
     EnrollOut,
@@ -41,7 +41,7 @@ def _face_out(f: FaceRow) -> dict:
 @router.post("/people", status_code=201, response_model=PersonOut)
 async def create_person(body: PersonCreate, dom: DomainDep,
                         svc: ServiceDep) -> dict:
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         return asdict(await gallery.create_person(dom, body.name, body.metadata))
 
 
@@ -51,9 +51,11 @@ async def list_people(dom: DomainDep, svc: ServiceDep,
                           "Name contains (case-insensitive; % and _ are plain characters)."))] = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                       offset: Offset = 0) -> dict:
-    async with svc.gallery() as gallery:
-        people = await gallery.list_people(dom, search=q, limit=limit, offset=offset)
-        total = await gallery.count_people(dom, search=q)
+    async def read(gallery: Gallery) -> tuple[list[Person], int]:
+        return (await gallery.list_people(dom, search=q, limit=limit, offset=offset),
+                await gallery.count_people(dom, search=q))
+
+    people, total = await svc.read(dom, read)
     page = _bounded_page([asdict(p) for p in people], svc.settings.max_page)
     after = offset + len(page)
     return {"people": page, "total": total, "limit": limit, "offset": offset,
@@ -73,15 +75,14 @@ def _bounded_page(people: list[dict], max_bytes: int) -> list[dict]:
 @router.get("/people/{person_id}", response_model=PersonOut)
 async def get_person(person_id: PathId, dom: DomainDep,
                      svc: ServiceDep) -> dict:
-    async with svc.gallery() as gallery:
-        return asdict(await gallery.get_person(dom, person_id))
+    return asdict(await svc.read(dom, lambda gallery: gallery.get_person(dom, person_id)))
 
 
 @router.patch("/people/{person_id}", response_model=PersonOut)
 async def update_person(person_id: PathId, body: PersonUpdate, dom: DomainDep,
                         svc: ServiceDep) -> dict:
     """Rename a person and/or replace their metadata."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         if body.name is not None:
             await gallery.rename_person(dom, person_id, body.name)
         if body.metadata is not None:
@@ -93,7 +94,7 @@ async def update_person(person_id: PathId, body: PersonUpdate, dom: DomainDep,
 async def delete_person(person_id: PathId, dom: DomainDep,
                         svc: ServiceDep) -> dict:
     """Delete a person and all their faces; the embeddings are removed from disk (VACUUM)."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         person = await gallery.get_person(dom, person_id)
         await gallery.delete_person(dom, person_id)
         await gallery.purge(dom)
@@ -103,15 +104,15 @@ async def delete_person(person_id: PathId, dom: DomainDep,
 @router.get("/people/{person_id}/faces", response_model=FaceList)
 async def list_faces(person_id: PathId, dom: DomainDep,
                      svc: ServiceDep) -> dict:
-    async with svc.gallery() as gallery:
-        return {"faces": [_face_out(f) for f in await gallery.list_faces(dom, person_id)]}
+    faces = await svc.read(dom, lambda gallery: gallery.list_faces(dom, person_id))
+    return {"faces": [_face_out(f) for f in faces]}
 
 
 @router.delete("/faces/{face_id}", status_code=204)
 async def delete_face(face_id: PathId, dom: DomainDep,
                       svc: ServiceDep) -> None:
     """Delete one face; its embedding is removed from disk (VACUUM)."""
-    async with svc.gallery() as gallery:
+    async with svc.gallery(wrote=dom) as gallery:
         await gallery.delete_face(dom, face_id)
         await gallery.purge(dom)
 
@@ -121,8 +122,7 @@ async def delete_face(face_id: PathId, dom: DomainDep,
     404: {"model": ErrorBody, "description": "No such face, or it has no thumbnail."}})
 async def face_thumbnail(face_id: PathId, dom: DomainDep, svc: ServiceDep) -> Response:
     """The face's thumbnail (stored at enrollment unless FACESEARCH_THUMBNAILS=0)."""
-    async with svc.gallery() as gallery:
-        data = await gallery.face_thumbnail(dom, face_id)
+    data = await svc.read(dom, lambda gallery: gallery.face_thumbnail(dom, face_id))
     # Biometric data for this key's holder only: no shared cache may keep it.
     return Response(data, media_type="image/jpeg",
                     headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
@@ -185,7 +185,7 @@ async def _enroll(svc: Service, request: Request, dom: Domain, person: Person | 
     if chosen:
         # One transaction for a new person and their faces: an enrollment cut by a database
         # fault leaves no person behind.
-        async with svc.gallery() as gallery, gallery.conn.transaction():
+        async with svc.gallery(wrote=dom) as gallery, gallery.conn.transaction():
             # The domain's row first: a domain deleted meanwhile (by another replica) is a 404,
             # and the deletion waits for this transaction rather than deadlocking with it.
             await gallery.lock_domain(dom)

@@ -63,16 +63,18 @@ async def recognize(request: Request, dom: DomainDep,
                                  max_faces=min(max_faces or s.max_faces, s.max_faces), min_face=min_face,
                                  thumbnails=dom.keep_unknown and s.thumbnails)
     t0 = time.perf_counter()
-    async with svc.gallery() as gallery:
-        results = await gallery.search(dom, dom.model, [f.embedding for f in analysis.faces],
-                                       k=top_k, threshold=threshold)
-        search_ms = (time.perf_counter() - t0) * 1e3
-        kept: dict[int, int] = {}
-        extra: dict[str, float] = {}
-        if dom.keep_unknown:  # faces matched to nobody are kept as unassigned faces
-            t1 = time.perf_counter()
+    embeddings = [f.embedding for f in analysis.faces]
+    # A read: on a read replica that has this domain's latest write, if there are replicas.
+    results = await svc.read(dom, lambda gallery: gallery.search(
+        dom, dom.model, embeddings, k=top_k, threshold=threshold))
+    search_ms = (time.perf_counter() - t0) * 1e3
+    kept: dict[int, int] = {}
+    extra: dict[str, float] = {}
+    if dom.keep_unknown:  # faces matched to nobody are kept as unassigned faces (a write)
+        t1 = time.perf_counter()
+        async with svc.gallery(wrote=dom) as gallery:
             kept = await keep_unknown_faces(gallery, s, dom, photo.data, analysis.faces, results)
-            extra["keep_unknown"] = (time.perf_counter() - t1) * 1e3
+        extra["keep_unknown"] = (time.perf_counter() - t1) * 1e3
     svc.metrics.search.observe(search_ms / 1e3)
     request.state.faces = len(analysis.faces)
     faces = [{**face.as_dict(), "matches": [
