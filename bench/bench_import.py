@@ -74,7 +74,7 @@ def write_pkl(path: Path, faces: int, dim: int, per_person: int, seed: int = 0) 
     return people
 
 
-def index_variants(faces: int, dim: int, per_person: int, home: Path) -> None:
+def index_variants(faces: int, dim: int, per_person: int, home: Path, halfvec: bool = False) -> None:
     from facesearch.config import Settings
     from facesearch.store import connect, database_url
 
@@ -104,23 +104,28 @@ def index_variants(faces: int, dim: int, per_person: int, home: Path) -> None:
             copy.write_row((1, v))
     conn.execute("SET maintenance_work_mem = '512MB'")
     conn.execute("SET hnsw.ef_search = 100")
-    expr = f"embedding::vector({dim})"
-    for workers, ef in ((0, 64), (1, 64), (2, 64), (1, 32), (1, 64), (2, 64), (0, 64)):
+    variants = [("vector", w, ef) for w, ef in ((0, 64), (1, 64), (2, 64), (1, 32), (1, 64), (2, 64),
+                                                 (0, 64))]
+    if halfvec:  # the same graph over half-precision copies of the vectors, against float32
+        variants = [(t, 2, 64) for _ in range(3) for t in ("vector", "halfvec")]
+    for kind, workers, ef in variants:
+        expr = f"embedding::{kind}({dim})"
         conn.execute("DROP INDEX IF EXISTS scratch_hnsw")
         conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
         conn.execute(f"ALTER TABLE scratch SET (parallel_workers = {max(workers, 1)})")
         t = time.perf_counter()
-        conn.execute(f"CREATE INDEX scratch_hnsw ON scratch USING hnsw (({expr}) vector_cosine_ops)"
+        conn.execute(f"CREATE INDEX scratch_hnsw ON scratch USING hnsw (({expr}) {kind}_cosine_ops)"
                      f" WITH (ef_construction = {ef}) WHERE model_id = 1")
         seconds = time.perf_counter() - t
         at1 = at10 = 0.0
         for q, want in zip(queries, truth, strict=True):
             ids = [r[0] - 1 for r in conn.execute(
-                f"SELECT id FROM scratch WHERE model_id = 1 ORDER BY {expr} <=> %s LIMIT 40", (q,))]
+                f"SELECT id FROM scratch WHERE model_id = 1 ORDER BY {expr} <=> %s::{kind} LIMIT 40",
+                (q,))]
             got = ranked_people(ids)
             at1 += got[:1] == want[:1]
             at10 += len(set(got) & set(want)) / 10
-        print(f"index build, {workers} parallel workers, ef_construction {ef}: {seconds:.1f} s; "
+        print(f"index build ({kind}), {workers} parallel workers, ef_construction {ef}: {seconds:.1f} s; "
               f"recall@1 {at1 / len(queries):.3f}, recall@10 (people) {at10 / len(queries):.3f}",
               flush=True)
     conn.close()
@@ -222,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="Repeat on new data directories.")
     ap.add_argument("--baseline-src", type=Path, metavar="DIR",
                     help="Another checkout's src: time its fresh imports alongside, with recall.")
+    ap.add_argument("--halfvec", action="store_true",
+                    help="With --index-variants: float32 vs halfvec graphs, 2 workers, alternating.")
     ap.add_argument("--recall-of", type=Path, metavar="HOME", help=argparse.SUPPRESS)
     ap.add_argument("--index-variants", action="store_true",
                     help="Time the index build alone: workers and ef_construction, with recall.")
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"command: python -m bench.bench_import --index-variants --faces {args.faces} "
               f"--dim {args.dim}")
         print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
-        index_variants(args.faces, args.dim, args.per_person, work / "home")
+        index_variants(args.faces, args.dim, args.per_person, work / "home", args.halfvec)
         return
     pkl = work / export_filename(MODELS[args.dim])
     t = time.perf_counter()
