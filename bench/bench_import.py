@@ -160,15 +160,15 @@ _STEPS = {"COPY faces": "COPY into faces", "COPY new_faces": "COPY to staging",
           "ANALYZE": "ANALYZE"}
 
 
-def server_steps(home: Path) -> str:
-    """The import's slow statements (over 0.1 s) and their server-side time, from its log."""
-    steps = []
+def server_steps(home: Path) -> dict[str, float]:
+    """The import's slow statements (over 0.1 s) and their server-side seconds, from its log."""
+    steps: dict[str, float] = {}
     for line in (home / "pgdata" / "log").read_text(errors="replace").splitlines():
         m = re.search(r"duration: ([0-9.]+) ms\s+statement: (.*)", line)
         if m:
             what = next((v for k, v in _STEPS.items() if m[2].startswith(k)), m[2][:30])
-            steps.append(f"{what} {float(m[1]) / 1000:.2f} s")
-    return ", ".join(steps)
+            steps[what] = steps.get(what, 0.0) + float(m[1]) / 1000
+    return steps
 
 
 def run(exe: Path, pkl: Path, home: Path, *args: str, src: Path | None = None) -> tuple[float, dict]:
@@ -189,6 +189,7 @@ def compare(exe: Path, pkl: Path, work: Path, args: argparse.Namespace) -> None:
     here = Path(__file__).resolve().parents[1] / "src"
     codes = {"this tree": here, "baseline": args.baseline_src.resolve()}
     times: dict[str, list[float]] = {k: [] for k in codes}
+    steps: dict[str, dict[str, list[float]]] = {k: {} for k in codes}
     for r in range(args.rounds):
         order = list(codes) if r % 2 == 0 else list(codes)[::-1]
         for label in order:
@@ -196,6 +197,11 @@ def compare(exe: Path, pkl: Path, work: Path, args: argparse.Namespace) -> None:
             seconds, s = run(exe, pkl, home, "import-pkl", str(pkl), "--domain", "bench", "--json",
                              src=codes[label])
             times[label].append(seconds)
+            server = server_steps(home)
+            for what in ("read and check", "store and index"):
+                steps[label].setdefault(what, []).append(s["seconds"][what.split()[0]])
+            for what, t in server.items():
+                steps[label].setdefault(what, []).append(t)
             rec = json.loads(subprocess.run(  # its own process: the server stops when it exits
                 [sys.executable, "-m", "bench.bench_import", "--recall-of", str(home), "--faces",
                  str(args.faces), "--dim", str(args.dim), "--per-person", str(args.per_person)],
@@ -203,16 +209,22 @@ def compare(exe: Path, pkl: Path, work: Path, args: argparse.Namespace) -> None:
             print(f"round {r + 1}, {label}, fresh data directory: {seconds:.1f} s whole command "
                   f"(read and check {s['seconds']['read']} s, store and index "
                   f"{s['seconds']['store']} s; imported {s['imported']}); server: "
-                  f"{server_steps(home)}; recall@1 {rec['recall_at_1']:.3f}, recall@10 "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in server.items())
+                  + f"; recall@1 {rec['recall_at_1']:.3f}, recall@10 "
                   f"{rec['recall_at_10']:.3f}; load {load_average()}", flush=True)
             if label == "this tree":
                 again, s2 = run(exe, pkl, home, "import-pkl", str(pkl), "--domain", "bench", "--json")
                 print(f"round {r + 1}, {label}, again (all already there): {again:.1f} s; imported "
                       f"{s2['imported']}, already there {s2['already_there']}", flush=True)
             shutil.rmtree(home, ignore_errors=True)
-    new, old = np.median(times["this tree"]), np.median(times["baseline"])
-    print(f"median whole command: this tree {new:.1f} s, baseline {old:.1f} s "
-          f"(this tree / baseline {new / old:.2f})")
+    # Each round's two imports ran back to back: their ratio is what load drift spoils least.
+    ratios = [a / b for a, b in zip(times["this tree"], times["baseline"], strict=True)]
+    print(f"median whole command: this tree {np.median(times['this tree']):.1f} s, baseline "
+          f"{np.median(times['baseline']):.1f} s; median of the rounds' ratios (this tree / "
+          f"baseline) {np.median(ratios):.2f}")
+    for label in codes:
+        print(f"{label}, medians: " + ", ".join(f"{k} {np.median(v):.2f} s ({len(v)})"
+                                                for k, v in steps[label].items()))
 
 
 def load_average() -> str:
