@@ -19,6 +19,8 @@ exact search, bench_scale's protocol) and shows the server's time for each state
 fresh embedded server, same expression and opclass as facesearch's index) with 0, 1 and 2
 parallel workers and ef_construction 64 (pgvector's default, facesearch's) and 32, and measures
 each graph's person-level recall@1 and recall@10 against exact search (300 queries, ef_search 100).
+With ``--halfvec``, the same graph (2 workers) over ``halfvec`` copies of the vectors, alternating
+with float32's: what a half-precision index would save of the build (not what facesearch builds).
 """
 
 from __future__ import annotations
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     if args.index_variants:
         print(f"command: python -m bench.bench_import --index-variants --faces {args.faces} "
-              f"--dim {args.dim}")
+              f"--dim {args.dim}" + (" --halfvec" if args.halfvec else ""))
         print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
         index_variants(args.faces, args.dim, args.per_person, work / "home", args.halfvec)
         return
