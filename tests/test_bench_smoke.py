@@ -91,6 +91,18 @@ def test_import(faces_root: Path, tmp_path: Path) -> None:
     assert "imported 0, already there 300" in out, out
 
 
+def test_import_against_a_baseline(faces_root: Path, tmp_path: Path) -> None:
+    """--baseline-src: the other checkout's import beside this tree's, each with its recall check
+    (this tree's src stands in for the baseline)."""
+    out = bench(faces_root, tmp_path, "bench.bench_import", "--faces", "300", "--dim", "128",
+                "--baseline-src", str(REPO / "src"))
+    for label in ("this tree", "baseline"):
+        found = re.search(rf"round 1, {label}, fresh data directory: .*imported 300\).*recall@1 "
+                          r"([\d.]+), recall@10 ([\d.]+)", out)
+        assert found and float(found[1]) > 0.5, out  # an index that answers, not a figure
+    assert "imported 0, already there 300" in out and "median of the rounds' ratios" in out, out
+
+
 def test_runner_quick_and_unknown_names(faces_root: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.md"
     bench(faces_root, tmp_path, "bench", "--quick", "--only", "detect", "--out", str(report))

@@ -238,7 +238,7 @@ def _matrix(embeddings: list[Any], rows: list[tuple[Any, ...]]) -> np.ndarray:
     try:
         matrix = np.array(embeddings)
         if matrix.ndim == 2 and matrix.dtype.kind in "iuf":
-            return matrix.astype(np.float64)
+            return matrix.astype(np.float64, copy=False)  # lists of floats are float64 already
     except (TypeError, ValueError):
         pass
     for (i, row, *_), embedding in zip(rows, embeddings, strict=True):
@@ -347,7 +347,8 @@ def _contents(data: list[Any], path: Path) -> PklContents:
     del embeddings
     finite = np.isfinite(matrix).all(axis=1)
     # Scale by the largest value first, so huge-but-finite embeddings do not overflow the norm.
-    peak = np.abs(np.where(finite[:, None], matrix, 0)).max(axis=1)
+    # (From each row's extremes: no temporary copies of a matrix that can be 100 MB.)
+    peak = np.where(finite, np.maximum(matrix.max(axis=1), -matrix.min(axis=1)), 0)
     for bad, message in ((~finite, "the embedding has NaN or infinite numbers"),
                          (peak == 0, "the embedding is all zeros (no direction to compare)")):
         if bad.any():

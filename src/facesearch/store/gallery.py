@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from .. import names
 from ..errors import Conflict, InvalidName, NotFound
 from ..models import model_dim
+from . import bulk
 
 # Each domain's HNSW graph (pgvector's defaults) and the candidates a search walks, set for each
 # connection (store.connect / store.configure). 100 keeps person-level recall@1 >= 0.99 on 25,000
@@ -251,9 +252,6 @@ _DOMAIN_INFO = ("SELECT d.name, (SELECT count(*) FROM people p WHERE p.domain_id
                 " (SELECT count(*) FROM faces f WHERE f.domain_id = d.id), d.created_at, d.model,"
                 " d.keep_unknown, d.recognize_threshold, d.shard FROM domains d")
 _KEY = "id, name, prefix, created_at, last_used_at"
-# add_faces' binary COPY columns, in order.
-_NEW_FACE_TYPES = ["integer", "bigint", "bigint", "bigint", "smallint", "vector", "integer", "integer",
-                   "integer", "integer", "real", "bytea", "bytea", "text", "text"]
 
 
 class Gallery:
@@ -569,39 +567,17 @@ class Gallery:
             if build and domain.shard is None:  # a shard's index is built after the commit
                 await self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                                         (0x66616365, domain.id))
-            # Each staged row gets the id it will keep (``first`` + its place), so ``ord`` maps
-            # the inserted ones back to the input. The ids are the domain's (its counter).
-            await self.conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS new_faces (ord integer NOT NULL,"
-                " LIKE faces INCLUDING DEFAULTS INCLUDING STORAGE) ON COMMIT DELETE ROWS")
-            # Binary: as text, a 512-d vector is ~5 KB of formatted floats, most of a bulk import.
-            async with self.conn.cursor().copy(
-                    "COPY new_faces (ord, id, domain_id, person_id, model_id, embedding, box_x, box_y,"
-                    " box_w, box_h, det_score, photo_sha256, thumbnail, source, source_hash)"
-                    " FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_NEW_FACE_TYPES)
-                for i, f in enumerate(faces):
-                    await copy.write_row((i, first + i, domain.id, f.person_id, model_id, f.embedding, *f.box,
-                                          f.score, f.photo_sha256, f.thumbnail, f.source,
-                                          f.source_hash))
-                    if progress is not None and i % 500 == 499:
-                        progress(500)
-            if progress is not None:
-                progress(len(faces) % 500)
-            # Into the partition: its keys are its own (0011). A shard's foreign partition takes
-            # ON CONFLICT DO NOTHING only without a target (its key is checked on the shard).
+            rows = bulk.face_rows(domain.id, model_id, faces, first, dim)
             try:
-                rows = await self._all(sql.SQL(
-                    "WITH added AS (INSERT INTO {} (id, domain_id, person_id, model_id, embedding,"
-                    " box_x, box_y, box_w, box_h, det_score, photo_sha256, thumbnail, source,"
-                    " source_hash)"
-                    " SELECT id, domain_id, person_id, model_id, embedding, box_x, box_y, box_w,"
-                    " box_h, det_score, photo_sha256, thumbnail, source, source_hash FROM new_faces"
-                    " ORDER BY ord ON CONFLICT {} DO NOTHING RETURNING id)"
-                    " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id"
-                    " ORDER BY n.ord"
-                ).format(_partition(domain.id), sql.SQL(
-                    "" if domain.shard else "(domain_id, person_id, model_id, photo_sha256)")))
+                ids = None
+                if build and domain.shard is None and not await self._has_faces(domain, model_id):
+                    # A first load: nothing stored to conflict with (writers take the lock while
+                    # there is no index), so straight into faces; staged only if a row conflicts
+                    # after all. (A shard's rows go through the staging table: its lock is there.)
+                    ids = await bulk.copy_first_load(self.conn, rows, bulk.first_of_each(faces),
+                                                     progress)
+                if ids is None:
+                    ids = await self._stage_faces(domain, rows, progress)
             except psycopg.errors.ForeignKeyViolation:
                 # The person was deleted after the caller found them (by another replica, say):
                 # the enrollment is refused as a whole, no face is left behind. (A shard has no
@@ -622,7 +598,36 @@ class Gallery:
             # Fresh statistics now, not at autovacuum's next pass: until then the planner takes
             # the partition for nearly empty and reads it whole instead of using the index.
             await self.conn.execute(sql.SQL("ANALYZE {}").format(_partition(domain.id)))
-        return [r[0] for r in rows]
+        return ids
+
+    async def _stage_faces(self, domain: Domain, rows: Sequence[tuple[Any, ...]],
+                           progress: Callable[[int], object] | None) -> list[int | None]:
+        """Insert COPY rows (bulk.face_rows) through a staging table, skipping those already
+        stored or given twice: returns each row's id, None for those skipped."""
+        # Each staged row has the id it will keep, so ``ord`` maps the inserted ones back to the
+        # input. The ids are the domain's (its counter).
+        await self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS new_faces (ord integer NOT NULL,"
+            " LIKE faces INCLUDING DEFAULTS INCLUDING STORAGE) ON COMMIT DELETE ROWS")
+        # Binary: as text, a 512-d vector is ~5 KB of formatted floats, most of a bulk import.
+        columns = sql.SQL(", ").join(map(sql.Identifier, bulk.FACE_COLUMNS))
+        await bulk.copy_rows(self.conn, sql.SQL("COPY new_faces (ord, {}) FROM STDIN (FORMAT BINARY)")
+                             .format(columns), ["integer", *bulk.FACE_TYPES],
+                             [(i, *r) for i, r in enumerate(rows)], progress)
+        # Into the partition: its keys are its own (0011). A shard's foreign partition takes
+        # ON CONFLICT DO NOTHING only without a target (its key is checked on the shard).
+        added = await self._all(sql.SQL(
+            "WITH added AS (INSERT INTO {partition} ({columns}) SELECT {columns} FROM new_faces"
+            " ORDER BY ord ON CONFLICT {target} DO NOTHING RETURNING id)"
+            " SELECT added.id FROM new_faces n LEFT JOIN added ON added.id = n.id ORDER BY n.ord")
+            .format(partition=_partition(domain.id), columns=columns, target=sql.SQL(
+                "" if domain.shard else "(domain_id, person_id, model_id, photo_sha256)")))
+        return [r[0] for r in added]
+
+    async def _has_faces(self, domain: Domain, model_id: int) -> bool:
+        """Whether the domain has any face of this model."""
+        return (await self._one("SELECT EXISTS (SELECT 1 FROM faces WHERE domain_id = %s"
+                                " AND model_id = %s)", (domain.id, model_id)))[0]
 
     async def _index_exists(self, domain: Domain, model_id: int) -> bool:
         index = f"faces_d{int(domain.id)}_m{int(model_id)}_hnsw"
