@@ -146,18 +146,10 @@ class DomainModel:
 
 
 def _where(url: str) -> str:
-    """Host, port and database of a URL, never the password."""
-    import psycopg
+    """Host, port and database of a URL, never the password (libpq loaded only when asked)."""
+    from .store import where
 
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.Error:
-        return "the configured server (FACESEARCH_DATABASE_URL does not parse)"
-    host = str(info.get("host") or "localhost")
-    db = info.get("dbname") or info.get("user") or ""
-    if host.startswith("/"):
-        return f"Unix socket in {host}, database {db}"
-    return f"{host}:{info.get('port') or 5432}/{db}"
+    return where(url, "the configured server (FACESEARCH_DATABASE_URL does not parse)")
 
 
 def _scrub(message: str, url: str) -> str:

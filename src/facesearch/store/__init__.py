@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiKey", "BlockingGallery", "Domain", "DomainInfo", "FaceRow", "Gallery", "GalleryCache",
     "Match", "NewFace", "Person", "configure", "connect", "database_url", "open_gallery",
-    "open_pool", "prepare",
+    "open_pool", "prepare", "where",
 ]
 
 T = TypeVar("T")
@@ -53,18 +53,23 @@ def database_url(settings: Settings) -> str:
     return settings.database_url or start_embedded(settings.pgdata)
 
 
-def _where(url: str) -> str:
-    """Host/port/database of a URL, without the password, for error messages."""
+def where(url: str, unparsable: str = "the configured server") -> str:
+    """Host, port and database of a URL (or its Unix socket), never its password: for error
+    messages, logs, /readyz and doctor."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "the configured server"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+    except psycopg.Error:
+        return unparsable
+    host = str(info.get("host") or "localhost")
+    db = info.get("dbname") or info.get("user") or ""
+    if host.startswith("/"):
+        return f"Unix socket in {host}, database {db}"
+    return f"{host}:{info.get('port') or 5432}/{db}"
 
 
 def _unreachable(url: str, exc: psycopg.Error) -> StoreError:
     return StoreError(
-        f"cannot connect to PostgreSQL at {_where(url)}: {str(exc).strip()}. "
+        f"cannot connect to PostgreSQL at {where(url)}: {str(exc).strip()}. "
         "Check FACESEARCH_DATABASE_URL, or unset it to use the embedded server."
     )
 

@@ -73,12 +73,10 @@ def lsn_int(lsn: str | None) -> int | None:
 
 
 def where(url: str) -> str:
-    """host:port/database of a URL, never its password (logs, /readyz, doctor)."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "a read replica (its URL does not parse)"
-    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+    """host:port/database of a replica's URL, never its password."""
+    from . import where as url_where  # the package's, loaded before any of its modules runs
+
+    return url_where(url, "a read replica (its URL does not parse)")
 
 
 async def mark_written(conn: psycopg.AsyncConnection[Any], domain_id: int) -> None:
