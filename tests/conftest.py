@@ -109,17 +109,25 @@ def pool(settings: Settings) -> Iterator:
         yield p
 
 
+def run_facesearch(home: Path, *args: str | Path, env: dict[str, str] | None = None,
+                   timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real ``facesearch`` command in a subprocess, on data directory ``home`` and its embedded
+    server (a FACESEARCH_DATABASE_URL of the environment is dropped)."""
+    exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
+    env = {**os.environ, "FACESEARCH_HOME": str(home), **(env or {})}
+    env.pop("FACESEARCH_DATABASE_URL", None)
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="session")
 def cli(home: Path, db_url: str):
     """Run the real ``facesearch`` command in a subprocess against the session's data directory."""
-    exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
 
     def run(*args: str | Path, check: bool | None = True,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "FACESEARCH_HOME": str(home), "FACESEARCH_WORKERS": "2", **(env or {})}
-        env.pop("FACESEARCH_DATABASE_URL", None)
-        proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env,
-                              timeout=600, stdin=subprocess.DEVNULL)
+        proc = run_facesearch(home, *args, env={"FACESEARCH_WORKERS": "2", **(env or {})},
+                              timeout=600)
         if check and proc.returncode != 0:
             raise AssertionError(f"facesearch {args} failed ({proc.returncode}):\n{proc.stderr}")
         return proc

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-
-def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
-    env = {**os.environ, "FACESEARCH_HOME": str(home)}
-    env.pop("FACESEARCH_DATABASE_URL", None)
-    return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=300,
-                          stdin=subprocess.DEVNULL)
+from .conftest import run_facesearch as run
 
 
 def test_started_reused_and_stopped(tmp_path: Path) -> None:

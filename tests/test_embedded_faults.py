@@ -5,9 +5,7 @@ full disk. Each a clear message and exit code, or a recovery; nothing lost."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +14,7 @@ import pytest
 
 from facesearch.store.embedded_checks import EX_IOERR, EX_NOPERM
 
-
-def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("facesearch", path=str(Path(sys.executable).parent)) or "facesearch"
-    env = {**os.environ, "FACESEARCH_HOME": str(home)}
-    env.pop("FACESEARCH_DATABASE_URL", None)
-    return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=300,
-                          stdin=subprocess.DEVNULL)
+from .conftest import run_facesearch as run
 
 
 def made(home: Path, domain: str) -> Path:
